@@ -40,3 +40,115 @@ def spec_validate(path: str = typer.Argument(..., help="Campaign spec YAML file.
         f"geometries, {n_atoms} atoms, oracle {loaded.spec.oracle.kind}, "
         f"spec sha256 {loaded.sha256[:12]})"
     )
+
+
+# --------------------------------------------------------------------------- database
+db_app = typer.Typer(help="Provenance database: create and migrate the schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+DbOption = typer.Option(None, "--db", help="Database URL (default: $ALFLOW_DB_URL or sqlite:///alflow.db).")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: str | None = DbOption, revision: str = typer.Option("head", help="Target revision.")) -> None:
+    """Create or migrate the schema to REVISION (default: the newest)."""
+    from alflow.db import session
+    from alflow.errors import InputError
+
+    try:
+        url = session.resolve_url(db)
+        session.upgrade(url, revision)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{session.redact(url)}: at revision {session.current_revision(url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision ('base' removes every table)."),
+    db: str | None = DbOption,
+    yes: bool = typer.Option(False, "--yes", help="Confirm: downgrading deletes data."),
+) -> None:
+    """Migrate the schema down to REVISION (destructive)."""
+    from alflow.db import session
+    from alflow.errors import InputError
+
+    if not yes:
+        raise fail("downgrading deletes recorded data; pass --yes to confirm")
+    try:
+        url = session.resolve_url(db)
+        session.downgrade(url, revision)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{session.redact(url)}: at revision {session.current_revision(url)}")
+
+
+@db_app.command("current")
+def db_current(db: str | None = DbOption) -> None:
+    """Show the schema revision of the database and the newest one alflow knows."""
+    from alflow.db import session
+    from alflow.db.queries import require_schema
+    from alflow.errors import InputError
+
+    try:
+        url = require_schema(db)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    cur, head = session.current_revision(url), session.head_revision()
+    state = "up to date" if cur == head else f"behind: run `alflow db upgrade` (head is {head})"
+    typer.echo(f"{session.redact(url)}: revision {cur} ({state})")
+
+
+# ------------------------------------------------------------------------------ query
+
+@app.command("query")
+def query(
+    what: str = typer.Argument(None, help="A named query (see --list) or one read-only SQL statement."),
+    db: str | None = DbOption,
+    campaign: str | None = typer.Option(None, "--campaign", "-c", help="Only this campaign (named queries)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    list_: bool = typer.Option(False, "--list", help="List the named queries."),
+) -> None:
+    """Answer a question about campaigns: a named query or read-only SQL."""
+    from alflow.db import queries
+    from alflow.db.views import NAMED_QUERIES
+    from alflow.errors import InputError
+
+    if list_ or what is None:
+        for name, (view, _, about) in NAMED_QUERIES.items():
+            typer.echo(f"{name:<16} {about}  [view {view}]")
+        return
+    if fmt not in ("table", "csv", "json"):
+        raise fail(f"--format must be table, csv or json, not {fmt!r}")
+    try:
+        if what in NAMED_QUERIES or not any(c.isspace() for c in what.strip()):
+            result = queries.named_query(db, what, campaign)
+        else:
+            if campaign:
+                raise InputError("--campaign applies to named queries; filter in your SQL", source="query")
+            result = queries.raw_query(db, what)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    _print_result(result, fmt)
+
+
+def _print_result(result, fmt: str) -> None:
+    import csv
+    import json
+    import sys
+
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    elif fmt == "json":
+        records = [dict(zip(result.columns, row)) for row in result.rows]
+        typer.echo(json.dumps(records, indent=1, default=str))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*result.columns, show_lines=False)
+        for row in result.rows:
+            table.add_row(*("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
+        Console().print(table)
+        typer.echo(f"{len(result.rows)} row(s)")
