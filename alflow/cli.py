@@ -152,3 +152,53 @@ def _print_result(result, fmt: str) -> None:
             table.add_row(*("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
         Console().print(table)
         typer.echo(f"{len(result.rows)} row(s)")
+
+
+# ------------------------------------------------------------------------------ sites
+sites_app = typer.Typer(help="Site configs: where oracle, training and sampling run.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+
+
+@sites_app.command("list")
+def sites_list() -> None:
+    """Site names alflow can find (./sites and the ones shipped with alflow)."""
+    from alflow.engine.sites import find_site, site_names
+
+    for name in site_names():
+        typer.echo(f"{name:<16} {find_site(name)}")
+
+
+@sites_app.command("show")
+def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) -> None:
+    """Print a site's validated settings, defaults filled in."""
+    import yaml
+
+    from alflow.engine.sites import load_site
+    from alflow.errors import InputError
+
+    try:
+        site = load_site(name)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(yaml.safe_dump(site.model_dump(mode="json"), sort_keys=False).rstrip())
+
+
+@sites_app.command("check")
+def sites_check(name: str = typer.Argument(..., help="Site name or YAML path.")) -> None:
+    """Validate a site, check that its tasks fit its blocks, and show the batch headers."""
+    from alflow.engine.sites import ROLES, batch_script_preview, check_feasibility, load_site, workers_per_node
+    from alflow.errors import InputError
+
+    try:
+        site = load_site(name)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    problems = check_feasibility(site)
+    for role in ROLES:
+        ex = site.executors[role]
+        typer.echo(f"[{role}] {ex.provider.kind} provider, {workers_per_node(role, ex)} worker(s) per node, "
+                   f"{ex.cores_per_worker:g} core(s) each, task limit {ex.task_time_limit_s:.0f} s")
+        typer.echo(batch_script_preview(site, role))
+    if problems:
+        raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
+    typer.echo(f"site {site.name}: OK")

@@ -1,0 +1,299 @@
+"""Site configs: validated YAML -> a Parsl `Config` with one executor per role.
+
+Roles: `oracle` (CPU workers running DFT/ASE labels), `train` (one ensemble member per
+worker, one GPU each via `available_accelerators` where there are GPUs) and `sample`.
+Each role has its own provider (`local` or `slurm`). `check_feasibility` says, in words a
+user understands, why a site cannot run its tasks before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alflow.errors import InputError
+
+ROLES = ("oracle", "train", "sample")
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2}):(\d{2})$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalProviderSpec(_Strict):
+    kind: Literal["local"] = "local"
+    worker_init: str = ""
+
+
+class SlurmProviderSpec(_Strict):
+    kind: Literal["slurm"] = "slurm"
+    partition: str
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    walltime: str = Field("01:00:00", description="[D-]HH:MM:SS")
+    nodes_per_block: int = Field(1, ge=1)
+    cores_per_node: int | None = Field(None, ge=1)
+    mem_per_node_gb: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    init_blocks: int = Field(0, ge=0)
+    min_blocks: int = Field(0, ge=0)
+    max_blocks: int = Field(1, ge=1)
+    exclusive: bool = False
+    launcher: Literal["srun", "single"] = "single"
+    worker_init: str = ""
+    scheduler_options: str = ""
+
+    def walltime_s(self) -> int:
+        m = _WALLTIME.match(self.walltime)
+        if not m:
+            raise ValueError(f"walltime {self.walltime!r} is not [D-]HH:MM:SS")
+        d, h, mi, s = (int(x or 0) for x in m.groups())
+        return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+ProviderSpec = Annotated[LocalProviderSpec | SlurmProviderSpec, Field(discriminator="kind")]
+
+
+class ExecutorSpec(_Strict):
+    provider: ProviderSpec = LocalProviderSpec()
+    workers_per_node: int | Literal["auto"] = "auto"
+    cores_per_worker: float = Field(1.0, gt=0)
+    accelerators: list[str] | Literal["auto"] | None = None
+    task_time_limit_s: float = Field(3600.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class SiteSpec(_Strict):
+    name: str
+    description: str = ""
+    executors: dict[Literal["oracle", "train", "sample"], ExecutorSpec]
+    retries: int = Field(2, ge=0)
+    heartbeat_period_s: int = Field(5, ge=1)
+    heartbeat_threshold_s: int = Field(30, ge=2)
+    address: str | None = None  # interchange address workers connect to (None: this host)
+
+
+# ----------------------------------------------------------------------------- loading
+def sites_dirs() -> list[Path]:
+    """Where site names are looked up: ./sites, then the sites shipped with alflow."""
+    here = Path(__file__).resolve().parent.parent
+    dirs = [Path.cwd() / "sites", here / "_sites", here.parent / "sites"]
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def site_names() -> list[str]:
+    return sorted({p.stem for d in sites_dirs() for p in d.glob("*.yaml")})
+
+
+def find_site(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise InputError("site file not found", source=str(p))
+        return p
+    for d in sites_dirs():
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
+    raise InputError(
+        f"unknown site {name_or_path!r}; known sites: {', '.join(site_names()) or 'none'}",
+        source="--site",
+    )
+
+
+def load_site(name_or_path: str) -> SiteSpec:
+    path = find_site(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"malformed YAML: {exc}", source=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError("a site file must be a YAML mapping", source=str(path))
+    try:
+        site = SiteSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_describe(exc), source=str(path)) from None
+    missing = [r for r in ROLES if r not in site.executors]
+    if missing:
+        raise InputError(f"executors missing for role(s): {', '.join(missing)}", source=str(path))
+    return site
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+        parts.append(f"field '{loc}': {err['msg']}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------- feasibility
+def local_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def workers_per_node(role: str, ex: ExecutorSpec) -> int:
+    """Workers one block runs for this role (resolves 'auto')."""
+    accel = _accelerators(ex)
+    if ex.workers_per_node != "auto":
+        n = int(ex.workers_per_node)
+    else:
+        cores = ex.provider.cores_per_node if isinstance(ex.provider, SlurmProviderSpec) else None
+        n = max(1, int((cores or local_cores()) // ex.cores_per_worker))
+        if role != "oracle":
+            n = 1 if not accel else n
+    return min(n, len(accel)) if accel else n
+
+
+def _accelerators(ex: ExecutorSpec) -> list[str]:
+    if ex.accelerators == "auto":
+        if isinstance(ex.provider, SlurmProviderSpec) and ex.provider.gpus_per_node:
+            return [str(i) for i in range(ex.provider.gpus_per_node)]
+        return _visible_gpus()
+    return list(ex.accelerators or [])
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # torch missing or CUDA broken: a CPU site
+        return []
+
+
+def check_feasibility(site: SiteSpec) -> list[str]:
+    """Problems that would make tasks unrunnable, each as one plain sentence."""
+    problems = []
+    for role, ex in site.executors.items():
+        prov = ex.provider
+        if isinstance(prov, SlurmProviderSpec):
+            try:
+                wall = prov.walltime_s()
+            except ValueError as exc:
+                problems.append(f"{role}: {exc}")
+                continue
+            if ex.task_time_limit_s >= wall:
+                problems.append(
+                    f"{role}: a task may run {ex.task_time_limit_s:.0f} s but a block only lives "
+                    f"{wall} s ({prov.walltime}); lower task_time_limit_s or raise walltime")
+            if prov.cores_per_node and ex.cores_per_worker > prov.cores_per_node:
+                problems.append(
+                    f"{role}: one worker needs {ex.cores_per_worker:g} cores but a node has "
+                    f"{prov.cores_per_node}")
+            if (prov.cores_per_node and ex.workers_per_node != "auto"
+                    and ex.workers_per_node * ex.cores_per_worker > prov.cores_per_node):
+                problems.append(
+                    f"{role}: {ex.workers_per_node} workers x {ex.cores_per_worker:g} cores do not "
+                    f"fit a {prov.cores_per_node}-core node")
+            accel = ex.accelerators if isinstance(ex.accelerators, list) else []
+            if accel and (prov.gpus_per_node or 0) < len(accel):
+                problems.append(
+                    f"{role}: {len(accel)} accelerators listed but the partition request has "
+                    f"gpus_per_node={prov.gpus_per_node or 0}")
+            if prov.min_blocks > prov.max_blocks or prov.init_blocks > prov.max_blocks:
+                problems.append(f"{role}: init/min blocks exceed max_blocks={prov.max_blocks}")
+        elif ex.cores_per_worker > local_cores():
+            problems.append(
+                f"{role}: one worker needs {ex.cores_per_worker:g} cores but this machine has "
+                f"{local_cores()}")
+    return problems
+
+
+# ----------------------------------------------------------------------- Parsl config
+def batch_script_preview(site: SiteSpec, role: str) -> str:
+    """The #SBATCH header a block of this role would be submitted with (for `sites check`)."""
+    prov = site.executors[role].provider
+    if not isinstance(prov, SlurmProviderSpec):
+        return f"# {role}: local provider (no batch script)"
+    lines = [f"#SBATCH --job-name=alflow-{role}", f"#SBATCH --partition={prov.partition}",
+             f"#SBATCH --nodes={prov.nodes_per_block}", f"#SBATCH --time={prov.walltime}"]
+    for flag, value in (("account", prov.account), ("qos", prov.qos),
+                        ("constraint", prov.constraint)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    if prov.cores_per_node:
+        lines.append(f"#SBATCH --cpus-per-task={prov.cores_per_node}")
+    if prov.mem_per_node_gb:
+        lines.append(f"#SBATCH --mem={prov.mem_per_node_gb}g")
+    if prov.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={prov.gpus_per_node}")
+    if prov.exclusive:
+        lines.append("#SBATCH --exclusive")
+    lines += [s for s in prov.scheduler_options.splitlines() if s.strip()]
+    lines.append(f"{prov.worker_init}".strip() or "# (no worker_init)")
+    return "\n".join(lines)
+
+
+def _worker_init(ex: ExecutorSpec) -> str:
+    exports = {"OMP_NUM_THREADS": str(max(1, int(ex.cores_per_worker))),
+               "MKL_NUM_THREADS": str(max(1, int(ex.cores_per_worker))), **ex.env}
+    env_line = "; ".join(f"export {k}={v}" for k, v in exports.items())
+    return "; ".join(x for x in (ex.provider.worker_init.strip(), env_line) if x)
+
+
+def _provider(ex: ExecutorSpec):
+    from parsl.launchers import SingleNodeLauncher, SrunLauncher
+    from parsl.providers import LocalProvider, SlurmProvider
+
+    prov = ex.provider
+    if isinstance(prov, LocalProviderSpec):
+        return LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=_worker_init(ex))
+    return SlurmProvider(
+        partition=prov.partition, account=prov.account, qos=prov.qos,
+        constraint=prov.constraint, nodes_per_block=prov.nodes_per_block,
+        cores_per_node=prov.cores_per_node,
+        mem_per_node=prov.mem_per_node_gb, gpus_per_node=prov.gpus_per_node,
+        init_blocks=prov.init_blocks, min_blocks=prov.min_blocks, max_blocks=prov.max_blocks,
+        walltime=prov.walltime, exclusive=prov.exclusive,
+        scheduler_options="\n".join(s for s in prov.scheduler_options.splitlines() if s.strip()),
+        worker_init=_worker_init(ex),
+        launcher=SrunLauncher() if prov.launcher == "srun" else SingleNodeLauncher(),
+    )
+
+
+def to_parsl_config(site: SiteSpec, run_dir: str | Path, retry_handler=None):
+    """The Parsl `Config` for a site: one HighThroughputExecutor per role."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+
+    problems = check_feasibility(site)
+    if problems:
+        raise InputError("; ".join(problems), source=f"site {site.name}")
+    executors = []
+    for role in ROLES:
+        ex = site.executors[role]
+        local = isinstance(ex.provider, LocalProviderSpec)
+        executors.append(HighThroughputExecutor(
+            label=role,
+            provider=_provider(ex),
+            address=site.address or ("127.0.0.1" if local else None),
+            max_workers_per_node=workers_per_node(role, ex),
+            cores_per_worker=ex.cores_per_worker,
+            available_accelerators=_accelerators(ex),
+            heartbeat_period=site.heartbeat_period_s,
+            heartbeat_threshold=site.heartbeat_threshold_s,
+            poll_period=10,
+            encrypted=False,
+        ))
+    return Config(
+        executors=executors,
+        retries=site.retries,
+        retry_handler=retry_handler,
+        run_dir=str(run_dir),
+        strategy="simple",
+        max_idletime=30.0,
+        initialize_logging=False,
+    )
