@@ -1,0 +1,93 @@
+"""Site YAML -> Parsl Config, and the feasibility checks that run before submitting."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from alflow.cli import app
+from alflow.engine import sites
+from alflow.errors import InputError
+
+runner = CliRunner()
+
+
+def _write(tmp_path, data, name="site.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _slurm(**over):
+    prov = {"kind": "slurm", "partition": "cpu", "walltime": "01:00:00", "cores_per_node": 8}
+    prov.update(over.pop("provider", {}))
+    return {"provider": prov, **over}
+
+
+def test_shipped_sites_validate_and_build_one_executor_per_role():
+    for name in ("local", "slurm-gpu"):
+        site = sites.load_site(name)
+        assert sites.check_feasibility(site) == []
+        cfg = sites.to_parsl_config(site, "/tmp/alflow-test-runinfo")
+        assert [e.label for e in cfg.executors] == ["oracle", "train", "sample"]
+        assert cfg.retries == site.retries
+
+
+def test_slurm_gpu_site_puts_one_training_worker_per_gpu():
+    cfg = sites.to_parsl_config(sites.load_site("slurm-gpu"), "/tmp/alflow-test-runinfo")
+    train = next(e for e in cfg.executors if e.label == "train")
+    assert list(train.available_accelerators) == ["0", "1", "2", "3"]
+    assert train.max_workers_per_node == 4
+    oracle = next(e for e in cfg.executors if e.label == "oracle")
+    assert "OMP_NUM_THREADS=4" in oracle.provider.worker_init
+    assert oracle.provider.walltime == "02:00:00"
+
+
+def test_local_oracle_workers_fill_the_machine():
+    site = sites.load_site("local")
+    assert sites.workers_per_node("oracle", site.executors["oracle"]) == sites.local_cores()
+
+
+@pytest.mark.parametrize("oracle, needle", [
+    (_slurm(task_time_limit_s=7200), "block only lives 3600 s"),
+    (_slurm(cores_per_worker=16), "needs 16 cores but a node has 8"),
+    (_slurm(workers_per_node=4, cores_per_worker=4), "do not fit a 8-core node"),
+    (_slurm(accelerators=["0", "1"]), "gpus_per_node=0"),
+    (_slurm(provider={"walltime": "1 hour"}), "not [D-]HH:MM:SS"),
+])
+def test_infeasible_sites_are_explained(tmp_path, oracle, needle):
+    path = _write(tmp_path, {"name": "x", "executors": {"oracle": oracle, "train": {}, "sample": {}}})
+    site = sites.load_site(str(path))
+    problems = sites.check_feasibility(site)
+    assert any(needle in p for p in problems), problems
+    with pytest.raises(InputError, match="site x"):
+        sites.to_parsl_config(site, tmp_path)
+    r = runner.invoke(app, ["sites", "check", str(path)])
+    assert r.exit_code == 2 and needle in r.stderr
+
+
+def test_bad_site_files_name_the_field_and_file(tmp_path):
+    p = _write(tmp_path, {"name": "x", "executors": {"oracle": {"cores_per_workr": 2}}})
+    with pytest.raises(InputError, match=r"site.yaml: field 'executors.oracle.cores_per_workr'"):
+        sites.load_site(str(p))
+    p = _write(tmp_path, {"name": "x", "executors": {"oracle": {}}}, "partial.yaml")
+    with pytest.raises(InputError, match="missing for role"):
+        sites.load_site(str(p))
+    with pytest.raises(InputError, match="unknown site 'nowhere'"):
+        sites.load_site("nowhere")
+
+
+def test_walltime_parsing():
+    prov = sites.SlurmProviderSpec(partition="p", walltime="1-02:03:04")
+    assert prov.walltime_s() == ((24 + 2) * 60 + 3) * 60 + 4
+
+
+def test_sites_cli_list_and_show():
+    r = runner.invoke(app, ["sites", "list"])
+    assert r.exit_code == 0 and "local" in r.stdout and "slurm-gpu" in r.stdout
+    r = runner.invoke(app, ["sites", "show", "slurm-gpu"])
+    shown = yaml.safe_load(r.stdout)
+    assert shown["executors"]["train"]["provider"]["gpus_per_node"] == 4
+    r = runner.invoke(app, ["sites", "check", "slurm-gpu"])
+    assert r.exit_code == 0 and "#SBATCH --partition=gpu" in r.stdout
