@@ -202,3 +202,155 @@ def sites_check(name: str = typer.Argument(..., help="Site name or YAML path."))
     if problems:
         raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
     typer.echo(f"site {site.name}: OK")
+
+
+# ---------------------------------------------------------------------- campaigns
+def _live_display():
+    """A rich Live panel fed by the state machine's Status updates."""
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(st):
+        t = Table.grid(padding=(0, 2))
+        t.add_row("campaign", st.campaign, "generation", str(st.generation), "step", st.step)
+        t.add_row("tasks done", str(st.done), "running", str(st.running), "failed", str(st.failed))
+        mae = "-" if st.force_mae is None else f"{st.force_mae:.4f} eV/Å"
+        t.add_row("oracle CPU", f"{st.oracle_cpu_s:.1f} s", "force MAE", mae,
+                  "buckets", " ".join(f"{k}={v}" for k, v in st.buckets.items()) or "-")
+        if st.message:
+            t.add_row("note", st.message)
+        return t
+
+    live = Live(refresh_per_second=4, transient=False)
+    return live, (lambda st: live.update(render(st)))
+
+
+def _run_campaign(name: str, url: str, site: str | None, quiet: bool) -> None:
+    from alflow.engine.campaign import campaign_summary, run_campaign
+    from alflow.errors import InputError
+
+    try:
+        if quiet:
+            reason = run_campaign(name, url, site_name=site)
+        else:
+            live, progress = _live_display()
+            with live:
+                reason = run_campaign(name, url, site_name=site, progress=progress)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: continue with `alflow resume {name}`", err=True)
+        raise typer.Exit(130) from None
+    _print_summary(campaign_summary(url, name))
+    typer.echo(f"stopped: {reason}")
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("gen", "state", "labels", "failed %", "force MAE", "accurate", "candidate", "failed", "selected",
+              title=f"campaign {summary['name']} ({summary['status']})")
+    for g in summary["generations"]:
+        t.add_row(str(g["idx"]), g["state"], str(g["n_labels"] or 0),
+                  "-" if g["label_failed_fraction"] is None else f"{100 * g['label_failed_fraction']:.0f}",
+                  "-" if g["force_mae"] is None else f"{g['force_mae']:.4f}",
+                  *(str(g[k] if g[k] is not None else "-") for k in ("n_accurate", "n_candidate", "n_failed", "n_selected")))
+    Console().print(t)
+    tasks = ", ".join(f"{k} {v}" for k, v in sorted(summary["tasks"].items()))
+    typer.echo(f"tasks: {tasks or 'none'}; oracle CPU {summary['oracle_cpu_s']:.1f} s")
+
+
+@app.command("run")
+def run(
+    spec: str = typer.Argument(..., help="Campaign spec YAML."),
+    site: str | None = typer.Option(None, "--site", help="Site name or YAML (default: the spec's site)."),
+    db: str | None = DbOption,
+    workdir: str | None = typer.Option(None, "--workdir", help="Run directory (default ./alflow-runs/NAME)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+) -> None:
+    """Start a campaign and run it to its stop rule."""
+    from pathlib import Path
+
+    from alflow.db import session
+    from alflow.engine.campaign import create_campaign
+    from alflow.engine.sites import check_feasibility, load_site
+    from alflow.errors import InputError
+    from alflow.spec import load_spec
+
+    try:
+        loaded = load_spec(spec)
+        site_spec = load_site(site or loaded.spec.site)  # fail before anything is written
+        problems = check_feasibility(site_spec)
+        if problems:
+            raise InputError("; ".join(problems), source=f"site {site_spec.name}")
+        url = session.resolve_url(db)
+        session.upgrade(url)
+        wd = Path(workdir or Path("alflow-runs") / loaded.spec.name)
+        create_campaign(loaded, url, site=site or loaded.spec.site, workdir=wd)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"campaign {loaded.spec.name!r} created in {session.redact(url)}")
+    _run_campaign(loaded.spec.name, url, site, quiet)
+
+
+@app.command("resume")
+def resume(
+    name: str = typer.Argument(..., help="Campaign name."),
+    site: str | None = typer.Option(None, "--site", help="Run on another site than recorded."),
+    db: str | None = DbOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Continue a stopped or crashed campaign where it left off (no oracle call repeated)."""
+    from alflow.db.queries import require_schema
+    from alflow.errors import InputError
+
+    try:
+        url = require_schema(db)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    _run_campaign(name, url, site, quiet)
+
+
+@app.command("status")
+def status(name: str | None = typer.Argument(None, help="Campaign name (default: list all)."), db: str | None = DbOption) -> None:
+    """Show campaigns, or one campaign's generations, tasks and oracle cost."""
+    import sqlalchemy as sa
+
+    from alflow.db.models import Campaign
+    from alflow.db.queries import require_schema
+    from alflow.db.session import get_engine
+    from alflow.engine.campaign import campaign_summary
+    from alflow.errors import InputError
+
+    try:
+        url = require_schema(db)
+        if name is None:
+            with get_engine(url).connect() as c:
+                rows = c.execute(sa.select(Campaign.name, Campaign.status, Campaign.stop_reason)
+                                 .order_by(Campaign.id)).all()
+            for n, st, why in rows:
+                typer.echo(f"{n:<32} {st:<9} {why or ''}")
+            return
+        _print_summary(campaign_summary(url, name))
+    except InputError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command("export")
+def export(
+    name: str = typer.Argument(..., help="Campaign name."),
+    out: str = typer.Option(..., "--out", "-o", help="Output file."),
+    fmt: str = typer.Option("extxyz", "--format", "-f", help="extxyz or ase-db."),
+    db: str | None = DbOption,
+) -> None:
+    """Write every successfully labelled geometry of a campaign, with energy and forces."""
+    from alflow.db.queries import require_schema
+    from alflow.engine.export import export_campaign
+    from alflow.errors import InputError
+
+    try:
+        n = export_campaign(require_schema(db), name, out, fmt)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"wrote {n} labelled geometries to {out}")

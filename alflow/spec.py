@@ -144,7 +144,15 @@ class CarvingSpec(Strict):
     radius: float | None = Field(None, gt=0, description="default: model cutoff + 1 Å")
     z_score: float = Field(2.0, gt=0)
     use_force_variance: bool = False
-    cap_bond_length: float = Field(1.09, gt=0)
+    # bonded if d < bond_tolerance * (r_cov,i + r_cov,j); molecules are kept whole unless
+    # the bonded fragment is infinite (a network) or larger than max_fragment_atoms
+    bond_tolerance: float = Field(1.2, gt=0)
+    max_fragment_atoms: int = Field(100, ge=1)
+    # X-H lengths of the caps on cut bonds, by element (Å); None: alflow's table
+    cap_bond_lengths: dict[str, float] | None = None
+    min_distance: float = Field(0.7, gt=0)
+    charge: int = 0
+    multiplicity: int | None = Field(None, ge=1, description="None: 1 if even electrons, else 2")
 
 
 class SelectionSpec(Strict):
@@ -152,7 +160,8 @@ class SelectionSpec(Strict):
     trust_hi: float = Field(1.0, gt=0)
     thresholds: Literal["absolute", "percentile"] = "absolute"
     max_per_generation: int = Field(50, ge=1)
-    dedupe_rmsd: float = Field(0.01, ge=0)
+    # duplicates: same hash, or sorted-distance fingerprints closer than this (Å)
+    dedupe_tol: float = Field(0.01, ge=0)
     strategy: Literal["random", "farthest_point"] = "farthest_point"
 
     @model_validator(mode="after")
@@ -192,6 +201,13 @@ class GeometrySource(Strict):
         return value
 
 
+class EvaluationSpec(Strict):
+    # Fraction of the initial geometries held out (chosen by geometry hash, so the same
+    # ones every generation) to measure error comparably across generations.
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    label_batch_size: int = Field(4, ge=1, description="geometries per oracle task")
+
+
 class CampaignSpec(Strict):
     version: Literal[1] = SPEC_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -203,6 +219,7 @@ class CampaignSpec(Strict):
     carving: CarvingSpec = CarvingSpec()
     selection: SelectionSpec = SelectionSpec()
     stopping: StoppingSpec = StoppingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
     site: str = "local"
     seed: int = 0
 

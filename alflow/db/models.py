@@ -84,6 +84,8 @@ class Campaign(Base):
     alflow_version: Mapped[str] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(16), server_default="created")
     stop_reason: Mapped[str | None] = mapped_column(Text)
+    site: Mapped[str | None] = mapped_column(String(64))
+    workdir: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -105,6 +107,9 @@ class Generation(Base):
     n_candidate: Mapped[int | None] = mapped_column(Integer)
     n_failed: Mapped[int | None] = mapped_column(Integer)
     n_selected: Mapped[int | None] = mapped_column(Integer)
+    n_labels: Mapped[int | None] = mapped_column(Integer)
+    label_failed_fraction: Mapped[float | None] = mapped_column(Float)
+    failed: Mapped[bool] = mapped_column(Boolean, server_default="0")  # above max_failed_fraction
     stop_reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = _created()
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

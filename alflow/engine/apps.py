@@ -1,0 +1,204 @@
+"""The functions Parsl runs on workers: thin wrappers that call science code.
+
+Each takes small, picklable arguments (spec dicts, paths, short lists of Atoms) and returns
+plain dicts with its own start/finish times and where it ran, so the orchestrator can record
+the task. They never touch the database. Heavy imports happen inside the functions, so the
+orchestrator can import this module cheaply, and a worker process keeps its oracle alive
+between tasks (imports and PySCF's forked worker are paid once per worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+_ORACLES: dict[str, Any] = {}
+
+
+def _where() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def _oracle(spec: dict):
+    from alflow.oracles import make_oracle
+
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _ORACLES:
+        _ORACLES[key] = make_oracle(spec)
+    return _ORACLES[key]
+
+
+def label_batch(jobs: list[tuple[int, Any]], oracle_spec: dict) -> dict:
+    """Label (geometry_id, Atoms) pairs with the campaign's oracle; failures are labels."""
+    started = time.time()
+    oracle = _oracle(oracle_spec)
+    labels = []
+    for geometry_id, atoms in jobs:
+        lab = oracle(atoms)
+        labels.append({
+            "geometry_id": geometry_id, "status": lab.status, "energy": lab.energy,
+            "forces": None if lab.forces is None else np.array(lab.forces),
+            "stress": None if lab.stress is None else np.array(lab.stress),
+            "error_class": lab.error_class, "error_msg": lab.error_msg,
+            "wall_s": lab.wall_s, "cpu_s": lab.cpu_s,
+        })
+    return {"labels": labels, "started": started, "finished": time.time(), **_where()}
+
+
+def train_member_app(dataset: str, model: dict, training: dict, seed: int, workdir: str,
+                     init_checkpoint: str | None = None, init_sha256: str | None = None) -> dict:
+    """Train one ensemble member on the frames in `dataset` (an `.npz` from datasets.py)."""
+    started = time.time()
+    from alflow.engine.datasets import load_frames
+    from alflow.potentials import train_member
+    from alflow.spec import ModelSpec, TrainingSpec
+
+    frames = load_frames(dataset)
+    stresses = frames.stresses if any(s is not None for s in frames.stresses) else None
+    result = train_member(
+        frames.atoms, frames.energies, frames.forces, stresses,
+        ModelSpec(**model), TrainingSpec(**training), seed, workdir,
+        init_checkpoint=init_checkpoint, init_sha256=init_sha256,
+    )
+    return {"checkpoint": str(result.checkpoint), "sha256": result.sha256,
+            "metrics": _jsonable(result.metrics), "started": started,
+            "finished": time.time(), **_where()}
+
+
+def evaluate_app(checkpoints: list[str], sha256s: list[str], dataset: str) -> dict:
+    """Held-out error of each member and of the ensemble, and the σ→error calibration."""
+    started = time.time()
+    from alflow.engine.datasets import load_frames
+    from alflow.potentials import Ensemble, calibrate, frame_force_rmse
+
+    frames = load_frames(dataset)
+    ens = Ensemble.load(checkpoints, sha256s)
+    pred = ens.predict(frames.atoms, members=True)
+    n_atoms = np.array([len(a) for a in frames.atoms], dtype=float)
+    ref_f = np.concatenate(frames.forces)
+
+    def errors(energy, forces):
+        f = np.concatenate(forces)
+        return {"energy_mae": float(np.mean(np.abs(energy - frames.energies) / n_atoms)),
+                "force_mae": float(np.mean(np.abs(f - ref_f))),
+                "force_rmse": float(np.sqrt(np.mean((f - ref_f) ** 2)))}
+
+    members = [errors(pred["energy_members"][m], [f[m] for f in pred["forces_members"]])
+               for m in range(ens.size)]
+    ensemble = errors(pred["energy"], pred["forces"])
+    frame_err = frame_force_rmse(pred["forces"], frames.forces)
+    try:
+        cal = calibrate(pred["sigma_f"], frame_err).to_dict()
+    except ValueError as exc:  # e.g. a single test frame
+        cal = {"error": str(exc)}
+    ensemble.update(
+        n_frames=len(frames), calibration=_jsonable(cal),
+        sigma_f=pred["sigma_f"].tolist(), frame_error=frame_err.tolist(),
+    )
+    return {"members": members, "ensemble": ensemble, "started": started,
+            "finished": time.time(), **_where()}
+
+
+def sample_app(kind: str, sampler: dict, checkpoints: list[str], sha256s: list[str],
+               seeds: list[Any], context: dict, rng_seed: int) -> dict:
+    """Run one sampler on a batch of seeds; every candidate gets the ensemble's verdict
+    (σ_F², per-atom u_i, mean energy) from one batched prediction."""
+    started = time.time()
+    from alflow.potentials import Ensemble
+
+    ens = Ensemble.load(checkpoints, sha256s)
+    records: dict[str, Any] = {}
+    if kind == "random":
+        from alflow.sampling.random_displacement import random_displacements
+        from alflow.spec import RandomSampler
+
+        candidates = random_displacements(seeds, RandomSampler(**sampler), rng_seed=rng_seed)
+    elif kind == "adversarial":
+        from alflow.sampling.adversarial import attack
+        from alflow.spec import AdversarialSampler
+
+        candidates = attack(ens, seeds, AdversarialSampler(**sampler),
+                            train_energies_per_atom=np.asarray(context["train_energies_per_atom"]),
+                            rng_seed=rng_seed)
+    elif kind == "md":
+        from alflow.sampling.md import run_md
+        from alflow.spec import MDSampler
+
+        result = run_md(ens, seeds, MDSampler(**sampler), trust_hi=context["trust_hi_sigma"],
+                        rng_seed=rng_seed)
+        candidates = result.candidates
+        records["walkers"] = _jsonable(getattr(result, "walkers", None))
+    else:
+        raise ValueError(f"unknown sampler kind {kind!r}")
+
+    if candidates:
+        pred = ens.predict([c.atoms for c in candidates])
+        initial = ens.predict(seeds)["sigma_f2"]
+        for k, c in enumerate(candidates):
+            c.sigma_f2 = float(pred["sigma_f2"][k])
+            c.energy_mean = float(pred["energy"][k])
+            c.atomic_uncertainty = np.asarray(pred["atomic_uncertainty"][k])
+            if c.sigma_f2_initial is None:
+                c.sigma_f2_initial = float(initial[c.parent])
+    out = [_candidate_dict(c) for c in candidates]
+    if context.get("carve"):
+        out = _carve(ens, out, context)
+    return {"candidates": out, "records": records, "started": started,
+            "finished": time.time(), **_where()}
+
+
+def _candidate_dict(c) -> dict:
+    return {"atoms": c.atoms, "parent": c.parent, "relation": c.relation, "step": c.step,
+            "sigma_f2": c.sigma_f2, "sigma_f2_initial": c.sigma_f2_initial,
+            "energy_mean": c.energy_mean, "log_p": c.log_p,
+            "atomic_uncertainty": c.atomic_uncertainty, "info": _jsonable(c.info),
+            "u_max": c.u_max, "u_mean": c.u_mean}
+
+
+def _carve(ens, frames: list[dict], context: dict) -> list[dict]:
+    """Periodic frames -> small non-periodic clusters around their uncertain atoms."""
+    from alflow.sampling.attribution import attribute, uncertain_atoms
+    from alflow.sampling.carving import CarveOptions, carve_clusters
+
+    options = CarveOptions(**context.get("carve_options", {}))
+    out = []
+    for frame in frames:
+        atoms = frame["atoms"]
+        position = len(out)
+        out.append(frame)
+        if not atoms.pbc.any():
+            continue
+        if context.get("use_force_variance"):
+            scores = np.asarray(frame["atomic_uncertainty"])
+        else:
+            scores = attribute(ens, atoms)
+        centres = [int(i) for i in uncertain_atoms(scores, z=context.get("z_score", 2.0))]
+        clusters = carve_clusters(atoms, centres, context["radius"], options=options).clusters
+        frame["carved_into"] = []
+        if not clusters:
+            continue
+        pred = ens.predict([c.atoms for c in clusters])
+        for j, cl in enumerate(clusters):
+            frame["carved_into"].append(len(out))
+            u = np.asarray(pred["atomic_uncertainty"][j])
+            out.append({
+                "atoms": cl.atoms, "parent": frame["parent"], "carved_from": position,
+                "relation": "carved", "step": frame["step"],
+                "sigma_f2": float(pred["sigma_f2"][j]), "sigma_f2_initial": frame["sigma_f2"],
+                "energy_mean": float(pred["energy"][j]), "log_p": None,
+                "atomic_uncertainty": u, "u_max": float(u.max()), "u_mean": float(u.mean()),
+                "carve_center": int(cl.centre), "carve_map": np.asarray(cl.source_indices),
+                "info": {"n_caps": int(cl.n_caps), "centre": int(cl.centre)},
+            })
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars/arrays and paths -> JSON-able Python values."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
