@@ -1,0 +1,51 @@
+"""ASE calculator over an alflow `Ensemble`, in eV / Å (SchNetPack's own default is kcal/mol).
+
+Results: ``energy``/``free_energy`` (mean, eV), ``forces`` (mean, eV/Å), ``stress`` (Voigt,
+eV/Å³, periodic cells only), and the uncertainties ``sigma_f2`` (eV²/Å², frame scalar),
+``sigma_f``, ``atomic_uncertainty`` (u_i per atom, eV²/Å²), ``energy_std`` (eV); with
+``members=True`` also ``energy_members`` (M,) and ``forces_members`` (M, n, 3). Every
+quantity comes from one ensemble pass, so MD walkers read their uncertainty for free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from alflow.potentials.ensemble import Ensemble
+
+
+class EnsembleCalculator(Calculator):
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, ensemble: Ensemble, *, members: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.ensemble = ensemble
+        self.members = members
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(atoms.pbc.all())
+        if "stress" in properties and not periodic:
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a periodic cell (pbc all True)")
+        out = self.ensemble.predict([atoms], stress=periodic, members=self.members)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"][0],
+            "sigma_f2": float(out["sigma_f2"][0]),
+            "sigma_f": float(out["sigma_f"][0]),
+            "atomic_uncertainty": out["atomic_uncertainty"][0],
+            "energy_std": float(out["energy_std"][0]),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
+        if self.members:
+            self.results["energy_members"] = out["energy_members"][:, 0]
+            self.results["forces_members"] = out["forces_members"][0]

@@ -1,0 +1,314 @@
+"""An ensemble of M members evaluated together: mean predictions and force uncertainty.
+
+Members share one neighbour list and one set of pair vectors r_ij per batch; forces and
+virials follow from each member's dE/dr_ij. Two ways to run the members:
+
+- ``"loop"``: one member after the other. Without `create_graph` each member's autograd
+  graph is freed before the next is built, which keeps the working set small.
+- ``"vmap"``: `torch.func.stack_module_state` + `vmap`, one batched call for all members
+  (identical architectures only).
+
+Measured here (1 CPU thread, 64 ethanols, M=4 PaiNN-64×3, benchmarks/ensemble_inference.py):
+loop 131 ms, vmap 147–216 ms, four separate single-member passes 143 ms. On a CPU the
+members' work is compute- and memory-bound and cannot be shared; sharing saves only the
+neighbour lists (~8%). ``"auto"`` picks loop on CPU and vmap on CUDA, where one batched
+kernel per op instead of M should pay off — not measured (no GPU was available).
+
+Uncertainty (M members, geometry with n atoms):
+  σ_F² = 1/(M−1) Σ_m [1/(3n) Σ_ij (F̂_ij^(m) − F̄_ij)²]   per geometry,
+  u_i  = 1/(M−1) Σ_m ‖F̂_i^(m) − F̄_i‖² / 3             per atom (σ_F² = mean_i u_i),
+  σ_E  = standard deviation of member energies (ddof=1).
+
+`predict` returns numpy per geometry; `predict_torch` returns tensors that stay
+differentiable in the positions (second order: ∂σ_F²/∂R, forces being gradients) for the
+adversarial attack.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from alflow.potentials.graph import Graph, build_graph
+from alflow.potentials.model import Member, check_elements, pair_forces, pair_virial
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for `device`; "auto" is CUDA when present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def force_uncertainty(
+    forces_members: torch.Tensor, idx_m: torch.Tensor, n_atoms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ_F² per geometry (B,), u_i per atom (N,)) from member forces (M, N, 3)."""
+    m = forces_members.shape[0]
+    if m < 2:
+        nan = torch.full((forces_members.shape[1],), float("nan"), dtype=forces_members.dtype,
+                         device=forces_members.device)
+        return nan.new_full((n_atoms.shape[0],), float("nan")), nan
+    dev = forces_members - forces_members.mean(dim=0, keepdim=True)
+    u = (dev * dev).sum(dim=(0, 2)) / (3.0 * (m - 1))
+    per_graph = u.new_zeros(n_atoms.shape[0]).index_add(0, idx_m, u)
+    return per_graph / n_atoms.to(u.dtype), u
+
+
+class Ensemble:
+    """M members on one device/dtype; see the module docstring."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+        strategy: str = "auto",
+    ):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.cutoff = max(m.cutoff for m in self.members)
+        known = set(self.members[0].elements)
+        for m in self.members[1:]:
+            known &= set(m.elements)
+        self.elements = sorted(known)  # an element any member never saw is unknown
+        self.reference = torch.tensor(
+            np.stack([m.reference_table() for m in self.members]), dtype=torch.float64,
+            device=self.device,
+        )
+        # copies: moving/casting must not change the caller's members
+        self.cores = [copy.deepcopy(m.core()).to(self.device, dtype).eval() for m in self.members]
+        for core in self.cores:
+            core.requires_grad_(False)
+        same = all(m.architecture == self.members[0].architecture for m in self.members)
+        if strategy == "auto":
+            strategy = "vmap" if self.device.type == "cuda" and same else "loop"
+        if strategy == "vmap":
+            if not same:
+                raise ValueError("strategy 'vmap' needs members with identical architectures")
+            from torch.func import stack_module_state
+
+            params, buffers = stack_module_state(self.cores)
+            self._params = {k: v.detach() for k, v in params.items()}
+            self._buffers = {k: v.detach() for k, v in buffers.items()}
+            self._base = copy.deepcopy(self.cores[0]).to("meta")
+        elif strategy != "loop":
+            raise ValueError(f"unknown strategy {strategy!r} (auto, loop or vmap)")
+        self.strategy = strategy
+
+    @classmethod
+    def load(
+        cls,
+        paths: Sequence[str | Path],
+        sha256s: Sequence[str | None] | None = None,
+        **kwargs: Any,
+    ) -> Ensemble:
+        """Load and hash-verify member checkpoints (hashes given, else from sidecars)."""
+        from alflow.potentials.checkpoint import load_member
+
+        sha256s = list(sha256s) if sha256s is not None else [None] * len(paths)
+        if len(sha256s) != len(paths):
+            raise ValueError(f"{len(paths)} checkpoints but {len(sha256s)} hashes")
+        return cls([load_member(p, h) for p, h in zip(paths, sha256s)], **kwargs)
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    # ------------------------------------------------------------------ core evaluation
+    def graph(self, atoms_list: Sequence[Atoms], positions: Sequence[np.ndarray] | None = None) -> Graph:
+        """Neighbour lists of `atoms_list` on this ensemble's device/dtype (elements checked)."""
+        for atoms in atoms_list:
+            check_elements(atoms.numbers, self.elements)
+        return build_graph(atoms_list, self.cutoff, positions).to(self.device, self.dtype)
+
+    def _member_gradients(
+        self, rij: torch.Tensor, g: Graph, create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residual energies (M, B), dE/dr_ij (M, P, 3) and the r_ij each member saw."""
+        args = (g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms)
+        m = self.size
+        if self.strategy == "vmap":
+            from torch.func import functional_call, vmap
+
+            rij_m = rij.unsqueeze(0).expand(m, -1, -1)
+            if not rij_m.requires_grad:
+                rij_m = rij_m.detach().requires_grad_(True)
+
+            def one(params, buffers, r):
+                return functional_call(self._base, (params, buffers), (r, *args))
+
+            residual = vmap(one)(self._params, self._buffers, rij_m)
+            (de,) = torch.autograd.grad(residual.sum(), rij_m, create_graph=create_graph)
+            return residual, de, rij_m
+        # One member at a time: without create_graph each member's graph is freed before
+        # the next is built, which keeps the working set small (faster on CPU, measured).
+        energies, grads = [], []
+        for core in self.cores:
+            r = rij if rij.requires_grad else rij.detach().requires_grad_(True)
+            e = core(r, *args)
+            (d,) = torch.autograd.grad(e.sum(), r, create_graph=create_graph)
+            energies.append(e if create_graph else e.detach())
+            grads.append(d)
+        return torch.stack(energies), torch.stack(grads), rij.expand(m, -1, -1)
+
+    def evaluate(
+        self,
+        g: Graph,
+        positions: torch.Tensor | None = None,
+        *,
+        stress: bool = False,
+        create_graph: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Member energies (M, B) [float64, eV], forces (M, N, 3), stress (M, B, 3, 3).
+
+        `positions` (N, 3) replaces `g.positions` (the neighbour list is `g`'s). With
+        `create_graph` the outputs are differentiable in `positions` (to second order);
+        without it they are detached. Stress is σ = (1/V) dE/dε (ASE convention), NaN for
+        non-periodic geometries.
+        """
+        pos = g.positions if positions is None else positions.to(self.device, self.dtype)
+        m, n, b = self.size, pos.shape[0], g.n_graphs
+        with torch.enable_grad():
+            rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
+            if not create_graph:
+                rij = rij.detach()
+            residual, de_drij, rij_m = self._member_gradients(rij, g, create_graph)
+        out = {"forces": pair_forces(de_drij, g.idx_i, g.idx_j, n)}
+        ref = self.reference[:, g.numbers]  # (M, N)
+        ref = ref.new_zeros((m, b)).index_add(1, g.idx_m, ref)
+        out["energy"] = residual.to(torch.float64) + ref
+        if stress:
+            virial = pair_virial(de_drij, rij_m, g.idx_m[g.idx_i], b)
+            volume = torch.linalg.det(g.cell).abs()
+            periodic = g.pbc.all(dim=1) & (volume > 0)
+            safe = torch.where(periodic, volume, torch.ones_like(volume))
+            s = virial / safe[None, :, None, None]
+            out["stress"] = torch.where(periodic[None, :, None, None], s, torch.full_like(s, float("nan")))
+        return out
+
+    # ------------------------------------------------------------------ public APIs
+    def predict(
+        self,
+        atoms_list: Atoms | Sequence[Atoms],
+        *,
+        batch_size: int = 64,
+        stress: bool | None = None,
+        members: bool = False,
+    ) -> dict[str, Any]:
+        """Ensemble predictions in eV / Å, batched over geometries.
+
+        Returns per-geometry arrays of length B: ``energy``, ``energy_std``, ``sigma_f2``
+        [eV²/Å²], ``sigma_f`` (its square root), ``stress`` (B, 3, 3) [eV/Å³, NaN when
+        not periodic; only when `stress` is True, or None and a geometry is periodic];
+        lists of B per-atom arrays: ``forces`` (n, 3) and ``atomic_uncertainty`` (n,);
+        with `members`: ``energy_members`` (M, B) and ``forces_members`` (list of (M, n, 3)).
+        """
+        if isinstance(atoms_list, Atoms):
+            atoms_list = [atoms_list]
+        atoms_list = list(atoms_list)
+        if not atoms_list:
+            empty: dict[str, Any] = {k: np.zeros(0) for k in ("energy", "energy_std", "sigma_f2", "sigma_f")}
+            empty.update(forces=[], atomic_uncertainty=[])
+            if members:
+                empty.update(energy_members=np.zeros((self.size, 0)), forces_members=[])
+            return empty
+        if stress is None:
+            stress = any(a.pbc.all() for a in atoms_list)
+        parts: list[dict[str, Any]] = []
+        for start in range(0, len(atoms_list), batch_size):
+            chunk = atoms_list[start : start + batch_size]
+            g = self.graph(chunk)
+            out = self.evaluate(g, stress=stress)
+            parts.append(self._summarise(g, out, members))
+        result: dict[str, Any] = {}
+        for key in parts[0]:
+            values = [p[key] for p in parts]
+            if isinstance(values[0], list):
+                result[key] = [x for v in values for x in v]
+            else:
+                axis = 1 if key.endswith("_members") else 0
+                result[key] = np.concatenate(values, axis=axis)
+        return result
+
+    def _summarise(self, g: Graph, out: dict[str, torch.Tensor], members: bool) -> dict[str, Any]:
+        forces = out["forces"].detach()
+        energy = out["energy"].detach()
+        sigma_f2, u = force_uncertainty(forces, g.idx_m, g.n_atoms)
+        np_ = lambda t: t.detach().to("cpu", torch.float64).numpy()  # noqa: E731
+        res: dict[str, Any] = {
+            "energy": np_(energy.mean(0)),
+            "energy_std": np_(energy.std(0)) if self.size > 1 else np.full(g.n_graphs, np.nan),
+            "sigma_f2": np_(sigma_f2),
+            "sigma_f": np.sqrt(np_(sigma_f2)),
+            "forces": g.split(np_(forces.mean(0))),
+            "atomic_uncertainty": g.split(np_(u)),
+        }
+        if "stress" in out:
+            res["stress"] = np_(out["stress"].detach().mean(0))
+        if members:
+            res["energy_members"] = np_(energy)
+            res["forces_members"] = g.split(np_(forces), dim=1)
+        return res
+
+    def predict_torch(
+        self,
+        atoms_list: Sequence[Atoms],
+        positions: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        *,
+        create_graph: bool | None = None,
+        stress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Differentiable predictions for a batch of geometries (same or mixed sizes).
+
+        `positions`: (N, 3) tensor of all atoms in order, or one (n_i, 3) tensor per
+        geometry; defaults to the Atoms' positions. The neighbour list is rebuilt from the
+        detached positions on each call (the cosine cutoff keeps energies smooth across
+        list changes). `create_graph` defaults to `positions.requires_grad`.
+
+        Returns tensors: ``energy`` (B,) mean [float64], ``energy_members`` (M, B),
+        ``energy_std`` (B,), ``forces`` (N, 3) mean, ``forces_members`` (M, N, 3),
+        ``sigma_f2`` (B,), ``atomic_uncertainty`` (N,), ``idx_m`` (N,), ``n_atoms`` (B,),
+        and ``stress`` (B, 3, 3) mean when asked. ∂(energy, sigma_f2)/∂positions works by
+        autograd when `create_graph` is True.
+        """
+        atoms_list = list(atoms_list)
+        if positions is None:
+            pos = torch.as_tensor(np.concatenate([a.positions for a in atoms_list]))
+        elif isinstance(positions, torch.Tensor):
+            pos = positions
+        else:
+            pos = torch.cat(list(positions), dim=0)
+        if create_graph is None:
+            create_graph = pos.requires_grad
+        sizes = [len(a) for a in atoms_list]
+        if pos.shape != (sum(sizes), 3):
+            raise ValueError(f"positions have shape {tuple(pos.shape)}, expected ({sum(sizes)}, 3)")
+        chunks = np.split(pos.detach().to("cpu", torch.float64).numpy(), np.cumsum(sizes)[:-1])
+        g = self.graph(atoms_list, chunks)
+        out = self.evaluate(g, pos, stress=stress, create_graph=create_graph)
+        sigma_f2, u = force_uncertainty(out["forces"], g.idx_m, g.n_atoms)
+        energy = out["energy"]
+        res = {
+            "energy": energy.mean(0),
+            "energy_members": energy,
+            "energy_std": energy.std(0) if self.size > 1 else energy[0] * float("nan"),
+            "forces": out["forces"].mean(0),
+            "forces_members": out["forces"],
+            "sigma_f2": sigma_f2,
+            "atomic_uncertainty": u,
+            "idx_m": g.idx_m,
+            "n_atoms": g.n_atoms,
+        }
+        if stress:
+            res["stress"] = out["stress"].mean(0)
+        return res
