@@ -354,3 +354,7 @@ def export(
     except InputError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"wrote {n} labelled geometries to {out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import sys
 import time
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
@@ -243,7 +245,7 @@ class CampaignRunner:
     def _selected_geometry_ids(self, s: Session, gen: m.Generation) -> list[int]:
         """Geometries this generation must label: the initial ones in generation 0, later
         the frames the previous generation selected."""
-        q = (sa.select(m.Sample.geometry_id).join(m.SamplingRun)
+        q = (sa.select(m.Sample.geometry_id).join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
              .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
              .where(m.Generation.campaign_id == self.campaign_id, m.Sample.selected.is_(True)))
         if gen.idx == 0:
@@ -255,7 +257,7 @@ class CampaignRunner:
     def _campaign_labels(self, s: Session) -> list[tuple[m.Label, m.Geometry, str]]:
         """Every successful label of a geometry this campaign chose to label, with its
         geometry and origin sampler."""
-        chosen = (sa.select(m.Sample.geometry_id).join(m.SamplingRun)
+        chosen = (sa.select(m.Sample.geometry_id).join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
                   .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
                   .where(m.Generation.campaign_id == self.campaign_id, m.Sample.selected.is_(True)))
         rows = s.execute(
@@ -551,7 +553,7 @@ class CampaignRunner:
             scale = self._calibration_scale(s, gen.id)
             rows = s.execute(
                 sa.select(m.Sample, m.Geometry).join(m.Geometry, m.Geometry.id == m.Sample.geometry_id)
-                .join(m.SamplingRun).where(m.SamplingRun.generation_id == gen.id,
+                .join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id).where(m.SamplingRun.generation_id == gen.id,
                                            m.SamplingRun.kind != "initial")
                 .order_by(m.Sample.id)).all()
             rows = [(smp, geo) for smp, geo in rows if smp.reason != "carved"]
@@ -644,6 +646,12 @@ def run_with_parsl(runner: CampaignRunner, site, run_dir: Path) -> str:
 
     from alflow.engine.sites import to_parsl_config
 
+    # Parsl starts its interchange and worker pools by script name: they live next to
+    # this interpreter (the venv's bin/), which need not be on PATH when alflow is called
+    # by its full path.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     config = to_parsl_config(site, run_dir, retry_handler=retry_cost)
     runner.bind_apps()
     dfk = parsl.load(config)

@@ -25,7 +25,7 @@ def export_campaign(url: str, name: str, out: str | Path, fmt: str) -> int:
         camp = s.scalar(sa.select(m.Campaign.id).where(m.Campaign.name == name))
         if camp is None:
             raise InputError(f"no campaign named {name!r} in this database", source="campaign")
-        chosen = (sa.select(m.Sample.geometry_id).join(m.SamplingRun)
+        chosen = (sa.select(m.Sample.geometry_id).join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
                   .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
                   .where(m.Generation.campaign_id == camp, m.Sample.selected.is_(True)))
         rows = s.execute(sa.select(m.Label, m.Geometry, m.OracleMethod)

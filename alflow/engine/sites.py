@@ -148,9 +148,9 @@ def workers_per_node(role: str, ex: ExecutorSpec) -> int:
         n = int(ex.workers_per_node)
     else:
         cores = ex.provider.cores_per_node if isinstance(ex.provider, SlurmProviderSpec) else None
+        # one worker per cores_per_worker cores; steps run one after another, so the
+        # roles never compete for the cores (with GPUs, one worker per GPU, below)
         n = max(1, int((cores or local_cores()) // ex.cores_per_worker))
-        if role != "oracle":
-            n = 1 if not accel else n
     return min(n, len(accel)) if accel else n
 
 

@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 HERE = Path(__file__).resolve().parent
 
 # Deep minimum of the analytic double well 10x⁴ − 10x² + 2x + 4y⁴ (alflow.oracles.analytic)
-DEEP_WELL_X = -0.9306
+DEEP_WELL_X = -0.7526  # deep minimum of 10x^4 - 10x^2 + 2x (the shallow one is at +0.6505)
 
 
 def double_well_points(n: int = 6, seed: int = 1) -> list[Atoms]:
@@ -30,7 +30,7 @@ def double_well_points(n: int = 6, seed: int = 1) -> list[Atoms]:
     return [Atoms("H", positions=[[x, y, 0.0]]) for x, y in points]
 
 
-def ethanol_frames(n_perturbed: int = 7, sigma: float = 0.04, seed: int = 2) -> list[Atoms]:
+def ethanol_frames(n_perturbed: int = 39, sigma: float = 0.05, seed: int = 2) -> list[Atoms]:
     """Ethanol from ase.build plus copies with Gaussian displacements (σ in Å)."""
     rng = np.random.default_rng(seed)
     base = molecule("CH3CH2OH")

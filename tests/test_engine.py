@@ -1,0 +1,181 @@
+"""The engine end to end: real Parsl (HighThroughputExecutor + LocalProvider), real EMT
+labels, real tiny PaiNN ensembles, recorded in a real PostgreSQL (and SQLite)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from ase.io import read
+
+from alflow.db import models as m
+from alflow.db.session import get_engine
+from alflow.engine.artifacts import ArtifactStore
+from alflow.oracles.faulty import _unit_hash
+from engine_helpers import alflow_cmd, run_alflow, write_site, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _count(conn, sql: str, **params) -> int:
+    return conn.execute(sa.text(sql), params).scalar_one()
+
+
+def _check_provenance(url: str, name: str, generations: int) -> None:
+    """What every finished campaign must have recorded."""
+    with get_engine(url).connect() as c:
+        camp = c.execute(sa.select(m.Campaign).where(m.Campaign.name == name)).one()
+        assert camp.status == "finished", camp.stop_reason
+        gens = c.execute(sa.select(m.Generation).where(m.Generation.campaign_id == camp.id)
+                         .order_by(m.Generation.idx)).all()
+        assert [g.idx for g in gens] == list(range(generations))
+        assert all(g.state == "done" for g in gens)
+        # every task ended, and a failed one says why
+        bad = c.execute(sa.select(m.Task).where(m.Task.campaign_id == camp.id, sa.or_(
+            m.Task.status.notin_(("done", "failed")),
+            sa.and_(m.Task.status == "failed", m.Task.error_class.is_(None))))).all()
+        assert bad == []
+        # labels: exactly one per (geometry, method), each from a label task of this campaign
+        assert _count(c, "SELECT COUNT(*) FROM (SELECT geometry_id, method_id FROM label "
+                         "GROUP BY geometry_id, method_id HAVING COUNT(*) > 1) d") == 0
+        assert _count(c, "SELECT COUNT(*) FROM label l LEFT JOIN task t ON t.id = l.task_id "
+                         "WHERE COALESCE(t.kind, '') <> 'label'") == 0
+        # gen g > 0 labels exactly what gen g-1 selected
+        for prev, gen in zip(gens, gens[1:]):
+            labelled = _count(c, "SELECT COUNT(*) FROM label l JOIN task t ON t.id = l.task_id "
+                                 "WHERE t.generation_id = :g", g=gen.id)
+            assert labelled == prev.n_selected
+        # models: M members per generation, checkpoints in the artifact store, hashes verify
+        store = ArtifactStore(os.path.join(camp.workdir, "artifacts"))
+        for g in gens:
+            shas = c.execute(sa.select(m.Artifact.sha256).join(m.Model, m.Model.checkpoint_id == m.Artifact.id)
+                             .where(m.Model.generation_id == g.id)).scalars().all()
+            assert len(shas) == 2 and all(store.verify(s) for s in shas)
+            assert _count(c, "SELECT COUNT(*) FROM model_eval WHERE generation_id = :g "
+                             "AND model_id IS NULL", g=g.id) == 1
+        # lineage: every sampled geometry points at the geometry it was made from
+        orphans = _count(c, """
+            SELECT COUNT(*) FROM sample s JOIN sampling_run r ON r.id = s.sampling_run_id
+            JOIN generation g ON g.id = r.generation_id
+            WHERE g.campaign_id = :c AND r.kind <> 'initial' AND NOT EXISTS (
+              SELECT 1 FROM geometry_edge e WHERE e.child_id = s.geometry_id
+              AND e.sampling_run_id = r.id)""", c=camp.id)
+        assert orphans == 0
+        # the held-out test split holds initial geometries only
+        assert _count(c, "SELECT COUNT(*) FROM training_set_label tl JOIN label l ON l.id = tl.label_id "
+                         "JOIN geometry g ON g.id = l.geometry_id WHERE tl.split = 'test' "
+                         "AND g.origin <> 'initial'") == 0
+
+
+def test_campaign_end_to_end_on_postgres(tmp_path, pg_url):
+    spec = write_spec(tmp_path, "cu_e2e")
+    site = write_site(tmp_path)
+    out = run_alflow("run", str(spec), "--site", str(site), "--db", pg_url, "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "max_generations reached (2)" in out.stdout
+    _check_provenance(pg_url, "cu_e2e", 2)
+
+    q = run_alflow("query", "errors", "-c", "cu_e2e", "--db", pg_url, "-f", "csv", cwd=tmp_path)
+    assert q.returncode == 0 and len(q.stdout.strip().splitlines()) == 3
+    exported = tmp_path / "cu.extxyz"
+    ex = run_alflow("export", "cu_e2e", "-o", str(exported), "--db", pg_url, cwd=tmp_path)
+    assert ex.returncode == 0, ex.stderr
+    frames = read(exported, ":")
+    with get_engine(pg_url).connect() as c:
+        assert len(frames) == _count(c, "SELECT COUNT(*) FROM label WHERE status = 'ok'")
+    assert all(np.isfinite(a.get_potential_energy()) and a.get_forces().shape == (13, 3) for a in frames)
+    st = run_alflow("status", "cu_e2e", "--db", pg_url, cwd=tmp_path)
+    assert st.returncode == 0 and "finished" in st.stdout
+
+
+def _start(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(alflow_cmd(*args), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _kill_when(proc, url: str, condition: str, timeout: float = 300) -> None:
+    """SIGKILL the orchestrator once `condition` (SQL returning a count) is > 0, then clear
+    away its orphaned Parsl processes as a node's cleanup would."""
+    engine = get_engine(url)
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, f"orchestrator ended early: {proc.communicate()[1][-3000:]}"
+        try:
+            with engine.connect() as c:
+                if c.execute(sa.text(condition)).scalar_one():
+                    break
+        except sa.exc.OperationalError:
+            pass
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"condition never held: {condition}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_resume_after_sigkill_in_labelling_and_in_training(tmp_path, pg_url):
+    spec = write_spec(tmp_path, "cu_resume", max_epochs=60, label_batch_size=1,
+                      oracle={"kind": "ase", "calculator": "alflow.oracles.faulty:FaultyEMT",
+                              "settings": {"delay_s": 0.6}})
+    site = write_site(tmp_path)
+    proc = _start(["run", str(spec), "--site", str(site), "--db", pg_url, "-q"], tmp_path)
+    _kill_when(proc, pg_url, "SELECT COUNT(*) >= 2 AND COUNT(*) < 12 FROM label")
+    with get_engine(pg_url).connect() as c:
+        before = set(c.execute(sa.text("SELECT id FROM label")).scalars())
+        assert 2 <= len(before) < 12
+
+    proc = _start(["resume", "cu_resume", "--db", pg_url, "-q"], tmp_path)
+    _kill_when(proc, pg_url, "SELECT COUNT(*) FROM model m JOIN generation g ON g.id = m.generation_id "
+                             "WHERE g.idx = 0")
+    with get_engine(pg_url).connect() as c:
+        assert before <= set(c.execute(sa.text("SELECT id FROM label")).scalars())
+        models_before = set(c.execute(sa.text("SELECT id FROM model")).scalars())
+        assert len(models_before) == 1
+
+    out = run_alflow("resume", "cu_resume", "--db", pg_url, "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_provenance(pg_url, "cu_resume", 2)
+    with get_engine(pg_url).connect() as c:
+        after = set(c.execute(sa.text("SELECT id FROM label")).scalars())
+        assert before <= after
+        assert models_before <= set(c.execute(sa.text("SELECT id FROM model")).scalars())
+        # initial geometries were each sent to the oracle exactly once overall
+        assert _count(c, "SELECT COUNT(*) FROM label l JOIN geometry g ON g.id = l.geometry_id "
+                         "WHERE g.origin = 'initial'") == 12
+        lost = _count(c, "SELECT COUNT(*) FROM task WHERE error_class = 'orchestrator_lost'")
+        assert lost >= 1  # in-flight tasks of the killed runs are recorded as lost, not dropped
+
+
+def test_failures_are_recorded_and_the_campaign_goes_on(tmp_path, sqlite_url):
+    settings = {"fail_fraction": 0.3, "die_fraction": 0.15}
+    spec = write_spec(tmp_path, "cu_faults", label_batch_size=1, generations=1,
+                      oracle={"kind": "ase", "calculator": "alflow.oracles.faulty:FaultyEMT",
+                              "settings": settings})
+    frames = read(tmp_path / "cu_faults_init.extxyz", ":")
+    u = np.array([_unit_hash(a) for a in frames])
+    dies, fails = int(np.sum(u < 0.15)), int(np.sum(u > 0.7))
+    assert dies >= 1 and fails >= 1, "fixture geometries must include both kinds of fault"
+    site = write_site(tmp_path, retries=1)
+    out = run_alflow("run", str(spec), "--site", str(site), "--db", sqlite_url, "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with get_engine(sqlite_url).connect() as c:
+        classes = dict(c.execute(sa.text(
+            "SELECT error_class, COUNT(*) FROM label WHERE status = 'failed' GROUP BY error_class")).all())
+        assert classes.get("calculator_error") == fails
+        assert classes.get("crash") == dies
+        assert _count(c, "SELECT COUNT(*) FROM label WHERE status = 'ok'") == 12 - dies - fails
+        lost = c.execute(sa.text("SELECT error_class, tries FROM task WHERE status = 'failed'")).all()
+        assert len(lost) == dies and all(e == "WorkerLost" and t == 2 for e, t in lost)
+        gen = c.execute(sa.text("SELECT label_failed_fraction FROM generation WHERE idx = 0")).scalar_one()
+        assert gen == pytest.approx((dies + fails) / 12)
+    _check_provenance(sqlite_url, "cu_faults", 1)
