@@ -110,7 +110,7 @@ def _kill_when(proc, url: str, condition: str, timeout: float = 300) -> None:
             with engine.connect() as c:
                 if c.execute(sa.text(condition)).scalar_one():
                     break
-        except sa.exc.OperationalError:
+        except sa.exc.DBAPIError:  # the schema may not exist yet
             pass
         time.sleep(0.2)
     else:

@@ -84,7 +84,7 @@ class Campaign(Base):
     alflow_version: Mapped[str] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(16), server_default="created")
     stop_reason: Mapped[str | None] = mapped_column(Text)
-    site: Mapped[str | None] = mapped_column(String(64))
+    site: Mapped[str | None] = mapped_column(Text)  # a site name or a path to its YAML
     workdir: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -325,7 +325,7 @@ class Task(Base):
     kind: Mapped[str] = mapped_column(String(32))
     key: Mapped[str | None] = mapped_column(Hash, index=True)  # idempotency key
     parsl_task_id: Mapped[int | None] = mapped_column(Integer)
-    site: Mapped[str | None] = mapped_column(String(64))
+    site: Mapped[str | None] = mapped_column(Text)  # a site name or a path to its YAML
     executor: Mapped[str | None] = mapped_column(String(32))
     slurm_job_id: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), server_default="pending")

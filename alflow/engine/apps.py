@@ -10,6 +10,7 @@ between tasks (imports and PySCF's forked worker are paid once per worker).
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -200,5 +201,16 @@ def _carve(ens, frames: list[dict], context: dict) -> list[dict]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Numpy scalars/arrays and paths -> JSON-able Python values."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    """Numpy scalars/arrays and paths -> JSON-able Python values; NaN/inf -> None (JSON has
+    no such numbers, and PostgreSQL's JSONB refuses them)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
