@@ -75,12 +75,43 @@ OracleSpec = Annotated[PySCFOracle | ASEOracle | AnalyticOracle, Field(discrimin
 
 # ------------------------------------------------------------------------------ model
 class ModelSpec(Strict):
-    representation: Literal["painn", "schnet"] = "painn"
+    """The ensemble members' network.
+
+    - ``painn`` / ``schnet``: SchNetPack message passing on interatomic pair vectors within
+      `cutoff` (`n_atom_basis` features, `n_interactions` blocks, `n_rbf` radial functions).
+    - ``coordinates``: an external-field model E = Σ_i MLP(R_i) on each atom's absolute
+      Cartesian `coordinates` (for the analytic toy potentials, where a lone "atom" has no
+      neighbours and a pair-based model predicts the same energy everywhere). The MLP has
+      `n_interactions` hidden layers of `n_atom_basis` SiLU units; `n_rbf` and `cutoff`
+      are unused. Coordinates are fed unscaled (Å), so they should be O(1).
+    """
+
+    representation: Literal["painn", "schnet", "coordinates"] = "painn"
     n_atom_basis: int = Field(64, ge=1)
     n_interactions: int = Field(3, ge=1)
     n_rbf: int = Field(20, ge=1)
     cutoff: float = Field(5.0, gt=0)
     ensemble_size: int = Field(4, ge=2, description="M members; >= 2 for an uncertainty")
+    coordinates: tuple[Literal["x", "y", "z"], ...] = Field(
+        ("x", "y", "z"), min_length=1,
+        description="axes the 'coordinates' model sees (e.g. [x, y] for a 2-D potential)",
+    )
+
+    @field_validator("coordinates")
+    @classmethod
+    def _canonical_axes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"coordinates {list(value)} name an axis twice")
+        return tuple(sorted(value, key="xyz".index))  # input order is part of the weights
+
+    @model_validator(mode="after")
+    def _coordinates_need_field_model(self) -> "ModelSpec":
+        if self.representation != "coordinates" and self.coordinates != ("x", "y", "z"):
+            raise ValueError(
+                f"coordinates is used only by representation 'coordinates', "
+                f"not {self.representation!r}"
+            )
+        return self
 
 
 class TrainingSpec(Strict):
@@ -208,6 +239,24 @@ class EvaluationSpec(Strict):
     label_batch_size: int = Field(4, ge=1, description="geometries per oracle task")
 
 
+class ValidationSpec(Strict):
+    """Per-generation NN-MD validation: stability time and h(r) error (see validation.py)."""
+
+    enabled: bool = False
+    temperature_K: float = Field(500.0, gt=0)
+    timestep_fs: float = Field(0.5, gt=0)
+    steps: int = Field(1000, ge=1)
+    starts: int = Field(2, ge=1, description="validation starts: the first held-out geometries")
+    bond_guard: float = Field(0.5, gt=0)
+    min_distance: float = Field(0.6, gt=0)
+    # reference trajectory for h(r): an ASE calculator name ("tblite", "emt", ...), the
+    # campaign's own "oracle" (ASE oracles only), or None for stability time alone
+    reference: str | None = "tblite"
+    reference_settings: dict[str, Any] = Field(default_factory=dict)
+    r_max: float = Field(6.0, gt=0)
+    bins: int = Field(60, ge=5)
+
+
 class CampaignSpec(Strict):
     version: Literal[1] = SPEC_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -220,6 +269,7 @@ class CampaignSpec(Strict):
     selection: SelectionSpec = SelectionSpec()
     stopping: StoppingSpec = StoppingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    validation: ValidationSpec = ValidationSpec()
     site: str = "local"
     seed: int = 0
 

@@ -59,6 +59,8 @@ def write_spec(tmp_path: Path, name: str, *, oracle: dict | None = None, generat
         "selection": {"trust_lo": 0.0, "trust_hi": 100.0, "max_per_generation": 4},
         "stopping": {"max_generations": generations},
         "evaluation": {"test_fraction": 0.25, "label_batch_size": label_batch_size},
+        "validation": {"enabled": True, "temperature_K": 300, "timestep_fs": 2.0, "steps": 40,
+                       "starts": 1, "reference": "emt"},
         "site": "local",
     }
     p = tmp_path / f"{name}.yaml"

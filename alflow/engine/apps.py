@@ -98,12 +98,63 @@ def evaluate_app(checkpoints: list[str], sha256s: list[str], dataset: str) -> di
         cal = calibrate(pred["sigma_f"], frame_err).to_dict()
     except ValueError as exc:  # e.g. a single test frame
         cal = {"error": str(exc)}
+    from alflow.validation import miscalibration_area
+
+    scale = cal.get("scale") or 1.0
+    atom_sigma = np.concatenate([np.sqrt(np.clip(u, 0, None)) for u in pred["atomic_uncertainty"]])
+    residuals = (np.concatenate(pred["forces"]) - ref_f).ravel()  # atom-major, then x, y, z
+    ensemble["miscalibration_area"] = miscalibration_area(residuals, np.repeat(atom_sigma * scale, 3))
     ensemble.update(
         n_frames=len(frames), calibration=_jsonable(cal),
         sigma_f=pred["sigma_f"].tolist(), frame_error=frame_err.tolist(),
     )
     return {"members": members, "ensemble": ensemble, "started": started,
             "finished": time.time(), **_where()}
+
+
+def validate_app(checkpoints: list[str], sha256s: list[str], starts: list[Any], settings: dict,
+                 cache_dir: str, rng_seed: int) -> dict:
+    """NN-MD with the ensemble mean from fixed starts: stability time, and h(r) error
+    against a reference trajectory computed once per (start, settings) and cached."""
+    started = time.time()
+    import hashlib
+
+    from alflow.geometry import atoms_hash
+    from alflow.potentials import Ensemble, EnsembleCalculator
+    from alflow.validation import distance_distribution, hr_error, run_md
+
+    calc = EnsembleCalculator(Ensemble.load(checkpoints, sha256s))
+    md = {k: settings[k] for k in ("temperature_K", "timestep_fs", "steps", "bond_guard", "min_distance")}
+    per_start = []
+    for k, start in enumerate(starts):
+        traj = run_md(calc, start, rng_seed=rng_seed + k, **md)
+        entry = {"stability_time_fs": traj.stability_time_fs, "stopped": traj.stopped,
+                 "frames": int(len(traj.positions)), "hr_error": None}
+        if settings.get("reference"):
+            key = hashlib.sha256(json.dumps(
+                [atoms_hash(start), md, settings["reference"], settings.get("reference_settings", {}),
+                 rng_seed + k], sort_keys=True).encode()).hexdigest()
+            cache = os.path.join(cache_dir, f"{key}.npz")
+            if os.path.exists(cache):
+                ref_positions = np.load(cache)["positions"]
+            else:
+                from alflow.oracles.ase_calc import build_calculator
+
+                ref_calc = build_calculator(settings["reference"], settings.get("reference_settings", {}), start)
+                ref = run_md(ref_calc, start, rng_seed=rng_seed + k, **md)
+                ref_positions = ref.positions
+                os.makedirs(cache_dir, exist_ok=True)
+                np.savez(cache + ".tmp.npz", positions=ref_positions)
+                os.replace(cache + ".tmp.npz", cache)
+            grid = {"r_max": settings["r_max"], "bins": settings["bins"]}
+            h_model = distance_distribution(start, traj.positions, **grid)
+            h_ref = distance_distribution(start, ref_positions, **grid)
+            entry.update(hr_error=hr_error(h_model, h_ref), h_model=h_model.tolist(), h_ref=h_ref.tolist())
+        per_start.append(entry)
+    times = [e["stability_time_fs"] for e in per_start]
+    errs = [e["hr_error"] for e in per_start if e["hr_error"] is not None]
+    return {"stability_time_fs": float(np.mean(times)), "hr_error": float(np.mean(errs)) if errs else None,
+            "starts": _jsonable(per_start), "started": started, "finished": time.time(), **_where()}
 
 
 def sample_app(kind: str, sampler: dict, checkpoints: list[str], sha256s: list[str],

@@ -38,7 +38,7 @@ from alflow.engine.datasets import Frames, save_frames
 from alflow.errors import InputError
 from alflow.spec import CampaignSpec, LoadedSpec, parse_spec, spec_json
 
-STATES = ("label", "train", "evaluate", "sample", "select", "done")
+STATES = ("label", "train", "evaluate", "validate", "sample", "select", "done")
 
 
 def _now() -> dt.datetime:
@@ -146,6 +146,7 @@ class CampaignRunner:
             "label": python_app(apps.label_batch, executors=["oracle"]),
             "train": python_app(apps.train_member_app, executors=["train"]),
             "evaluate": python_app(apps.evaluate_app, executors=["sample"]),
+            "validate": python_app(apps.validate_app, executors=["sample"]),
             "sample": python_app(apps.sample_app, executors=["sample"]),
         }
 
@@ -217,7 +218,7 @@ class CampaignRunner:
                 .join(m.Task, m.Task.id == m.Label.task_id)
                 .where(m.Task.campaign_id == self.campaign_id)) or 0.0)
         steps = {"label": self.label, "train": self.train, "evaluate": self.evaluate,
-                 "sample": self.sample, "select": self.select, "done": self.stop_check}
+                 "validate": self.validate, "sample": self.sample, "select": self.select, "done": self.stop_check}
         while True:
             with self.Session() as s:
                 gen = self._generation(s)
@@ -441,8 +442,50 @@ class CampaignRunner:
                     self._finish_task(s, task_id, fut, result, exc)
                     if result is not None:
                         self._record_eval(s, gen, result, model_ids)
+        self._set_state(gen.id, "validate")
+        return None
+
+    # ================================================================== 3b. validate
+    def validate(self, gen: m.Generation) -> str | None:
+        """NN-MD stability time and h(r) error of this generation's ensemble."""
+        v = self.spec.validation
+        if v.enabled:
+            self._emit(step="validate", done=0, failed=0)
+            with self.Session() as s:
+                paths, shas, _ = self._ensemble(s, gen.id)
+                rows = self._campaign_labels(s)
+                test = [geo for _, geo, _ in rows if self._split(geo) == "test"]
+                pool = test or [geo for _, geo, origin in rows if origin == "initial"]
+                starts = [writers.atoms_from_geometry(g) for g in pool[: v.starts]]
+            settings = v.model_dump(mode="json")
+            if settings["reference"] == "oracle":
+                if self.spec.oracle.kind != "ase":
+                    raise InputError("validation.reference 'oracle' needs an ASE oracle; name a "
+                                     "cheap stand-in calculator such as 'tblite' instead",
+                                     source=f"campaign {self.spec.name}")
+                settings["reference"] = self.spec.oracle.calculator
+                settings["reference_settings"] = self.spec.oracle.settings
+            key = _key("validate", gen.id, shas)
+            task_id, fut = self._submit("validate", gen, key, "sample", None, paths, shas, starts,
+                                        settings, str(self.workdir / "validation-reference"),
+                                        self.spec.seed)
+            for fut, _, result, exc in self._wait({fut: None}):
+                with self.Session.begin() as s:
+                    self._finish_task(s, task_id, fut, result, exc)
+                    if result is not None:
+                        self._record_validation(s, gen, result)
         self._set_state(gen.id, "sample")
         return None
+
+    def _record_validation(self, s: Session, gen: m.Generation, result: dict) -> None:
+        row = s.scalars(sa.select(m.ModelEval).where(
+            m.ModelEval.generation_id == gen.id, m.ModelEval.model_id.is_(None))).first()
+        if row is None:
+            row = m.ModelEval(generation_id=gen.id, model_id=None, eval_set="validation-md", n_frames=0)
+            s.add(row)
+        row.stability_time_fs = result["stability_time_fs"]
+        row.hr_error = result["hr_error"]
+        row.details = {**(row.details or {}), "validation": result["starts"]}
 
     def _record_eval(self, s: Session, gen: m.Generation, result: dict, model_ids: list[int]) -> None:
         ens = result["ensemble"]
@@ -452,6 +495,7 @@ class CampaignRunner:
                           energy_mae=ens["energy_mae"], force_mae=ens["force_mae"],
                           force_rmse=ens["force_rmse"], calibration_scale=cal.get("scale"),
                           spearman=_finite(cal.get("spearman")),
+                          miscalibration_area=_finite(ens.get("miscalibration_area")),
                           details={"calibration": cal, "sigma_f": ens["sigma_f"],
                                    "frame_error": ens["frame_error"]}))
         for mid, mem in zip(model_ids, result["members"]):

@@ -45,17 +45,22 @@ def _resolve(name: str) -> type:
         raise ValueError(f"calculator {name!r}: {module} has no {cls}") from None
 
 
-def _evaluate(job: tuple[str, dict, Atoms]) -> dict:
-    """Energy, forces (and stress when fully periodic) of one geometry; may raise."""
-    name, kwargs, atoms = job
+def build_calculator(name: str, settings: dict, atoms: Atoms):
+    """A fresh ASE calculator for `atoms` by name (also used for reference MD)."""
     cls = _resolve(name)
-    kwargs = dict(kwargs)
+    kwargs = {**DEFAULTS.get(name.lower(), {}), **settings}
     if name.lower() == "tblite":  # xTB needs the total charge and spin of the molecule
         charge, mult = charge_and_multiplicity(atoms)
         kwargs.setdefault("charge", charge)
         kwargs.setdefault("multiplicity", mult)
+    return cls(**kwargs)
+
+
+def _evaluate(job: tuple[str, dict, Atoms]) -> dict:
+    """Energy, forces (and stress when fully periodic) of one geometry; may raise."""
+    name, kwargs, atoms = job
     atoms = atoms.copy()
-    atoms.calc = cls(**kwargs)
+    atoms.calc = build_calculator(name, kwargs, atoms)
     energy = atoms.get_potential_energy()
     # The force-consistent (free) energy is what the forces differentiate, where they differ.
     energy = atoms.calc.results.get("free_energy", energy)
