@@ -52,6 +52,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    # with WAL, NORMAL loses no committed data on an application crash (only on power
+    # loss), and spares an fsync per transaction
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import sys
 import time
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -152,17 +150,25 @@ class CampaignRunner:
 
     def _submit(self, kind: str, gen: m.Generation, key: str, executor: str,
                 resources: dict | None, *args: Any) -> tuple[int, Future]:
-        with self.Session.begin() as s:
-            task = m.Task(campaign_id=self.campaign_id, generation_id=gen.id, kind=kind, key=key,
-                          site=self.site_name, executor=executor, status="running",
-                          submitted_at=_now(), resources=resources)
-            s.add(task)
-            s.flush()
-            task_id = task.id
-        fut = self._apps[kind](*args)
-        with self.Session.begin() as s:
-            s.execute(sa.update(m.Task).where(m.Task.id == task_id).values(parsl_task_id=getattr(fut, "tid", None)))
+        (task_id, fut), = self._submit_many(kind, gen, executor, [(key, resources, args)])
         return task_id, fut
+
+    def _submit_many(self, kind: str, gen: m.Generation, executor: str,
+                     jobs: list[tuple[str, dict | None, tuple]]) -> list[tuple[int, Future]]:
+        """Dispatch apps, then record their task rows in one transaction. A crash between
+        the two loses nothing: no result could have been recorded either, and resume
+        re-dispatches whatever has no recorded result."""
+        submitted = _now()
+        futures = [self._apps[kind](*args) for _, _, args in jobs]
+        rows = [{"campaign_id": self.campaign_id, "generation_id": gen.id, "kind": kind, "key": key,
+                 "site": self.site_name, "executor": executor, "status": "running",
+                 "submitted_at": submitted, "resources": resources,
+                 "parsl_task_id": getattr(fut, "tid", None)}
+                for (key, resources, _), fut in zip(jobs, futures)]
+        with self.Session.begin() as s:
+            ids = [s.scalar(sa.insert(m.Task).values(**row).returning(m.Task.id)) for row in rows] \
+                if len(rows) < 2 else list(s.scalars(sa.insert(m.Task).returning(m.Task.id, sort_by_parameter_order=True), rows))
+        return list(zip(ids, futures))
 
     def _finish_task(self, s: Session, task_id: int, fut: Future, result: dict | None,
                      exc: BaseException | None) -> None:
@@ -177,16 +183,28 @@ class CampaignRunner:
                           error_msg=str(exc)[:2000])
         s.execute(sa.update(m.Task).where(m.Task.id == task_id).values(**values))
 
-    def _wait(self, futures: dict[Future, Any]) -> Iterable[tuple[Future, Any, dict | None, BaseException | None]]:
+    def _wait_batches(self, futures: dict[Future, Any]) -> Iterable[list[tuple[Future, Any, dict | None, BaseException | None]]]:
+        """Yield finished tasks in batches: everything that has completed since the last
+        batch, so that under load many results share one database transaction."""
         self._emit(running=len(futures))
-        for fut in as_completed(list(futures)):
-            try:
-                result, exc = fut.result(), None
-            except Exception as e:  # noqa: BLE001 - every failure is recorded, none is fatal
-                result, exc = None, e
-            self._emit(running=self.status.running - 1,
-                       done=self.status.done + (exc is None), failed=self.status.failed + (exc is not None))
-            yield fut, futures[fut], result, exc
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            batch = []
+            for fut in done:
+                try:
+                    result, exc = fut.result(), None
+                except Exception as e:  # noqa: BLE001 - every failure is recorded, none is fatal
+                    result, exc = None, e
+                batch.append((fut, futures[fut], result, exc))
+            n_failed = sum(exc is not None for *_, exc in batch)
+            self._emit(running=len(pending), done=self.status.done + len(batch) - n_failed,
+                       failed=self.status.failed + n_failed)
+            yield batch
+
+    def _wait(self, futures: dict[Future, Any]) -> Iterable[tuple[Future, Any, dict | None, BaseException | None]]:
+        for batch in self._wait_batches(futures):
+            yield from batch
 
     def _generation(self, s: Session) -> m.Generation:
         return s.scalars(sa.select(m.Generation).where(m.Generation.campaign_id == self.campaign_id)
@@ -279,26 +297,26 @@ class CampaignRunner:
             jobs = [(g, writers.atoms_from_geometry(geos[g])) for g in todo]
         size = self.spec.evaluation.label_batch_size
         oracle_spec = self.spec.oracle.model_dump(mode="json")
-        futures = {}
-        for i in range(0, len(jobs), size):
-            batch = jobs[i : i + size]
-            key = _key("label", self.method_id, [g for g, _ in batch])
-            task_id, fut = self._submit("label", gen, key, "oracle", {"geometries": len(batch)},
-                                        batch, oracle_spec)
-            futures[fut] = (task_id, batch)
-        for fut, (task_id, batch), result, exc in self._wait(futures):
+        batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        submitted = self._submit_many("label", gen, "oracle", [
+            (_key("label", self.method_id, [g for g, _ in b]), {"geometries": len(b)}, (b, oracle_spec))
+            for b in batches])
+        futures = {fut: (task_id, b) for (task_id, fut), b in zip(submitted, batches)}
+        for finished in self._wait_batches(futures):
             with self.Session.begin() as s:
-                self._finish_task(s, task_id, fut, result, exc)
-                if result is not None:
-                    rows = [writers.label_row(method_id=self.method_id, task_id=task_id, **lab)
-                            for lab in result["labels"]]
-                    self.status.oracle_cpu_s += sum(lab["cpu_s"] or 0.0 for lab in result["labels"])
-                else:  # the whole task died (worker lost, retries spent): failures are data
-                    rows = [writers.label_row(g, self.method_id, status="failed", task_id=task_id,
-                                              error_class="crash" if "Lost" in type(exc).__name__
-                                              else "task_error",
-                                              error_msg=f"{type(exc).__name__}: {exc}"[:2000])
-                            for g, _ in batch]
+                rows = []
+                for fut, (task_id, batch), result, exc in finished:
+                    self._finish_task(s, task_id, fut, result, exc)
+                    if result is not None:
+                        rows += [writers.label_row(method_id=self.method_id, task_id=task_id, **lab)
+                                 for lab in result["labels"]]
+                        self.status.oracle_cpu_s += sum(lab["cpu_s"] or 0.0 for lab in result["labels"])
+                    else:  # the whole task died (worker lost, retries spent): failures are data
+                        rows += [writers.label_row(g, self.method_id, status="failed", task_id=task_id,
+                                                   error_class="crash" if "Lost" in type(exc).__name__
+                                                   else "task_error",
+                                                   error_msg=f"{type(exc).__name__}: {exc}"[:2000])
+                                 for g, _ in batch]
                 writers.write_labels(s, rows)
         with self.Session() as s:
             statuses = s.execute(sa.select(m.Label.status, sa.func.count()).join(m.Task)
@@ -690,12 +708,6 @@ def run_with_parsl(runner: CampaignRunner, site, run_dir: Path) -> str:
 
     from alflow.engine.sites import to_parsl_config
 
-    # Parsl starts its interchange and worker pools by script name: they live next to
-    # this interpreter (the venv's bin/), which need not be on PATH when alflow is called
-    # by its full path.
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     config = to_parsl_config(site, run_dir, retry_handler=retry_cost)
     runner.bind_apps()
     dfk = parsl.load(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -272,6 +273,12 @@ def to_parsl_config(site: SiteSpec, run_dir: str | Path, retry_handler=None):
     problems = check_feasibility(site)
     if problems:
         raise InputError("; ".join(problems), source=f"site {site.name}")
+    # Parsl starts its interchange and local worker pools by script name; they live next
+    # to this interpreter (the venv's bin/), which need not be on PATH when alflow is
+    # called by its full path.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     executors = []
     for role in ROLES:
         ex = site.executors[role]
