@@ -1,5 +1,9 @@
 """SchNetPack ensembles with uncertainty: train a member, load an ensemble, predict E, F, σ_F.
 
+Members are PaiNN/SchNet (pair vectors within a cutoff) or, for the analytic toy
+potentials, representation "coordinates": an external-field MLP of absolute positions
+(model.CoordinateField), through the same API (no SchNetPack export).
+
 Pure science (no Parsl, no database): Atoms, numpy arrays, paths and spec objects in and
 out. Names are imported lazily because importing SchNetPack takes seconds, and code that
 only needs e.g. `in_validation` or the calibration should not pay for it.

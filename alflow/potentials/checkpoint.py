@@ -19,7 +19,8 @@ SchNetPack model (energy in eV incl. the element reference, forces, optional str
     )
 
 That file needs `torch.load(weights_only=False)` (SchNetPack's `load_model` does this):
-open it only from a trusted source. alflow never reads it.
+open it only from a trusted source. alflow never reads it. Members of absolute positions
+(representation "coordinates") have no SchNetPack form and cannot be exported.
 """
 
 from __future__ import annotations
@@ -128,8 +129,16 @@ def export_schnetpack(member: Member, path: str | Path) -> str:
 
     Adds a `Strain` input module (so SpkCalculator's `stress_key` works) and, as
     postprocessors, a cast to float64 and the element reference (`AddOffsets`), so the
-    file predicts absolute energies in eV.
+    file predicts absolute energies in eV. Raises ValueError for a member without a
+    SchNetPack form (representation "coordinates").
     """
+    if not member.has_schnetpack_form:
+        raise ValueError(
+            f"a {member.representation!r} member has no SchNetPack form: it is an external-"
+            "field model of absolute coordinates (E = Σ_i MLP(R_i)), which SchNetPack's "
+            "pair-vector models cannot express; use alflow's checkpoint (save_member) and "
+            "Ensemble/EnsembleCalculator instead"
+        )
     import schnetpack as spk
 
     model = copy.deepcopy(member.model).to("cpu").float()

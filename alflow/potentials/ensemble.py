@@ -22,6 +22,11 @@ Uncertainty (M members, geometry with n atoms):
 `predict` returns numpy per geometry; `predict_torch` returns tensors that stay
 differentiable in the positions (second order: ∂σ_F²/∂R, forces being gradients) for the
 adversarial attack.
+
+Members of absolute positions (representation ``"coordinates"``, `Member.uses_positions`)
+take the same route without a neighbour list: each core gets R itself and forces are
+−∂E/∂R. An ensemble is all of one kind or the other (`uses_positions`); the pair path is
+unchanged by their existence.
 """
 
 from __future__ import annotations
@@ -74,9 +79,18 @@ class Ensemble:
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)
+        kinds = {m.uses_positions for m in self.members}
+        if len(kinds) > 1:
+            names = sorted({m.representation for m in self.members})
+            raise ValueError(
+                f"cannot mix members of absolute positions and of pair vectors in one "
+                f"ensemble (representations {names})"
+            )
+        self.uses_positions = kinds.pop()
         self.device = resolve_device(device)
         self.dtype = dtype
-        self.cutoff = max(m.cutoff for m in self.members)
+        # neighbour-list cutoff; None when the members need no neighbour list
+        self.cutoff = None if self.uses_positions else max(m.cutoff for m in self.members)
         known = set(self.members[0].elements)
         for m in self.members[1:]:
             known &= set(m.elements)
@@ -132,34 +146,41 @@ class Ensemble:
         return build_graph(atoms_list, self.cutoff, positions).to(self.device, self.dtype)
 
     def _member_gradients(
-        self, rij: torch.Tensor, g: Graph, create_graph: bool
+        self, x: torch.Tensor, g: Graph, create_graph: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Residual energies (M, B), dE/dr_ij (M, P, 3) and the r_ij each member saw."""
-        args = (g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms)
+        """Residual energies (M, B), dE/dx (M, K, 3) and the x each member saw.
+
+        x is the pair vectors r_ij (K = P), or the positions R (K = N) for members of
+        absolute positions.
+        """
+        if self.uses_positions:
+            args = (g.numbers, g.idx_m, g.n_atoms)
+        else:
+            args = (g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms)
         m = self.size
         if self.strategy == "vmap":
             from torch.func import functional_call, vmap
 
-            rij_m = rij.unsqueeze(0).expand(m, -1, -1)
-            if not rij_m.requires_grad:
-                rij_m = rij_m.detach().requires_grad_(True)
+            x_m = x.unsqueeze(0).expand(m, -1, -1)
+            if not x_m.requires_grad:
+                x_m = x_m.detach().requires_grad_(True)
 
             def one(params, buffers, r):
                 return functional_call(self._base, (params, buffers), (r, *args))
 
-            residual = vmap(one)(self._params, self._buffers, rij_m)
-            (de,) = torch.autograd.grad(residual.sum(), rij_m, create_graph=create_graph)
-            return residual, de, rij_m
+            residual = vmap(one)(self._params, self._buffers, x_m)
+            (de,) = torch.autograd.grad(residual.sum(), x_m, create_graph=create_graph)
+            return (residual if create_graph else residual.detach()), de, x_m
         # One member at a time: without create_graph each member's graph is freed before
         # the next is built, which keeps the working set small (faster on CPU, measured).
         energies, grads = [], []
         for core in self.cores:
-            r = rij if rij.requires_grad else rij.detach().requires_grad_(True)
+            r = x if x.requires_grad else x.detach().requires_grad_(True)
             e = core(r, *args)
             (d,) = torch.autograd.grad(e.sum(), r, create_graph=create_graph)
             energies.append(e if create_graph else e.detach())
             grads.append(d)
-        return torch.stack(energies), torch.stack(grads), rij.expand(m, -1, -1)
+        return torch.stack(energies), torch.stack(grads), x.expand(m, -1, -1)
 
     def evaluate(
         self,
@@ -178,17 +199,26 @@ class Ensemble:
         """
         pos = g.positions if positions is None else positions.to(self.device, self.dtype)
         m, n, b = self.size, pos.shape[0], g.n_graphs
-        with torch.enable_grad():
-            rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
-            if not create_graph:
-                rij = rij.detach()
-            residual, de_drij, rij_m = self._member_gradients(rij, g, create_graph)
-        out = {"forces": pair_forces(de_drij, g.idx_i, g.idx_j, n)}
+        if self.uses_positions:
+            x = pos if create_graph else pos.detach()
+            with torch.enable_grad():
+                residual, de_dpos, pos_m = self._member_gradients(x, g, create_graph)
+            out = {"forces": -de_dpos}
+        else:
+            with torch.enable_grad():
+                rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
+                if not create_graph:
+                    rij = rij.detach()
+                residual, de_drij, rij_m = self._member_gradients(rij, g, create_graph)
+            out = {"forces": pair_forces(de_drij, g.idx_i, g.idx_j, n)}
         ref = self.reference[:, g.numbers]  # (M, N)
         ref = ref.new_zeros((m, b)).index_add(1, g.idx_m, ref)
         out["energy"] = residual.to(torch.float64) + ref
         if stress:
-            virial = pair_virial(de_drij, rij_m, g.idx_m[g.idx_i], b)
+            if self.uses_positions:  # dE/dε under R -> (1+ε)R: Σ_i (∂E/∂R_i)_a R_ib
+                virial = pair_virial(de_dpos, pos_m, g.idx_m, b)
+            else:
+                virial = pair_virial(de_drij, rij_m, g.idx_m[g.idx_i], b)
             volume = torch.linalg.det(g.cell).abs()
             periodic = g.pbc.all(dim=1) & (volume > 0)
             safe = torch.where(periodic, volume, torch.ones_like(volume))

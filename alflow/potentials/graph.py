@@ -10,6 +10,9 @@ in a periodic direction).
 Pair convention (as SchNetPack): r_ij = R[idx_j] - R[idx_i] + offsets, full list (both
 i->j and j->i), `offsets` = integer shifts @ cell, so energies depend on positions only
 through r_ij and forces/virials follow from dE/dr_ij.
+
+`cutoff=None` builds no pairs (empty index arrays): for models of absolute positions
+(`model.CoordinateField`), which need only the atoms, their geometry index and the cell.
 """
 
 from __future__ import annotations
@@ -99,14 +102,19 @@ def neighbour_list(
     return i.astype(np.int64), j.astype(np.int64), offsets
 
 
-def geometry_graph(atoms: Atoms, cutoff: float, positions: np.ndarray | None = None) -> GeometryGraph:
-    """Neighbour list of one Atoms (optionally at other `positions`)."""
+def geometry_graph(
+    atoms: Atoms, cutoff: float | None, positions: np.ndarray | None = None
+) -> GeometryGraph:
+    """Neighbour list of one Atoms (optionally at other `positions`); no pairs if `cutoff` is None."""
     pos = np.asarray(atoms.positions if positions is None else positions, dtype=np.float64)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if pbc.all() and abs(np.linalg.det(cell)) < 1e-12:
         raise ValueError(f"periodic geometry {atoms.get_chemical_formula()} has a singular cell")
-    i, j, off = neighbour_list(atoms.numbers, pos, cell, pbc, cutoff)
+    if cutoff is None:
+        i, j, off = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3))
+    else:
+        i, j, off = neighbour_list(atoms.numbers, pos, cell, pbc, cutoff)
     return GeometryGraph(
         numbers=np.asarray(atoms.numbers, dtype=np.int64), positions=pos, idx_i=i, idx_j=j,
         offsets=off, cell=cell, pbc=pbc,
@@ -135,7 +143,7 @@ def collate(graphs: Sequence[GeometryGraph]) -> Graph:
 
 
 def build_graph(
-    atoms_list: Sequence[Atoms], cutoff: float, positions: Sequence[np.ndarray] | None = None
+    atoms_list: Sequence[Atoms], cutoff: float | None, positions: Sequence[np.ndarray] | None = None
 ) -> Graph:
     """Neighbour lists of many geometries as one batch."""
     if positions is None:

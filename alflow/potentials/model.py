@@ -1,4 +1,4 @@
-"""One ensemble member: a SchNetPack model plus the plain data needed to use it.
+"""One ensemble member: a network plus the plain data needed to use it.
 
 The network is a stock `schnetpack.model.NeuralNetworkPotential` (PaiNN or SchNet,
 `Atomwise` energy, `Forces`), so its state_dict and its exported file are SchNetPack's own.
@@ -10,6 +10,13 @@ this lets every member share one neighbour list, choose `create_graph` explicitl
 The per-element energy reference (eV/atom) lives in float64 in the config, not in the
 network, and is added back at prediction: the network learns small, well-scaled residuals
 and absolute energies (thousands of eV) never pass through float32.
+
+Representation ``"coordinates"`` is not a SchNetPack model: `CoordinateField`, an
+external-field model E = Σ_i MLP(R_i) on absolute coordinates, for the analytic toy
+potentials (a lone atom has no neighbours, so a pair-based model cannot tell two places
+apart). It is its own core and takes positions instead of pair vectors
+(`uses_positions`); `energy_forces` and the `Ensemble` dispatch on that, forces being
+−∂E/∂R directly. It has no neighbour list, no cutoff and no SchNetPack export.
 """
 
 from __future__ import annotations
@@ -24,16 +31,66 @@ from torch import nn
 
 MEMBER_FORMAT = "alflow.member/1"
 MAX_Z = 100  # size of SchNetPack's nuclear embedding
-# ModelSpec fields that define the network (ensemble_size does not)
+# ModelSpec fields that define the network (ensemble_size does not), per representation
 ARCHITECTURE_KEYS = ("representation", "n_atom_basis", "n_interactions", "n_rbf", "cutoff")
+FIELD_ARCHITECTURE_KEYS = ("representation", "n_atom_basis", "n_interactions", "coordinates")
+POSITION_REPRESENTATIONS = frozenset({"coordinates"})  # models of R itself, not of r_ij
+AXES = "xyz"
+
+
+def uses_positions(model_config: dict[str, Any]) -> bool:
+    """Whether the representation is a function of absolute positions (no neighbour list)."""
+    return model_config.get("representation", "painn") in POSITION_REPRESENTATIONS
+
+
+def architecture(model_config: dict[str, Any]) -> dict[str, Any]:
+    """The `ModelSpec` fields that define this representation's network (JSON-normalised)."""
+    if uses_positions(model_config):
+        arch = {k: model_config[k] for k in FIELD_ARCHITECTURE_KEYS if k != "coordinates"}
+        arch["coordinates"] = [str(a) for a in model_config.get("coordinates", AXES)]
+        return arch
+    return {k: model_config[k] for k in ARCHITECTURE_KEYS}
 
 
 class UnknownElementError(ValueError):
     """A geometry holds an element the model never saw in training."""
 
 
+class CoordinateField(nn.Module):
+    """E = Σ_i MLP(R_i[axes]): an external field on absolute Cartesian coordinates.
+
+    `n_layers` hidden layers of `n_hidden` SiLU units (smooth, so forces and the second
+    derivatives the adversarial attack needs are smooth too; unbounded, so the energy can
+    keep rising on steep walls). One MLP for all elements: the per-element energy
+    reference (in the member config) is the only element dependence. Inputs are the
+    coordinates in Å, unscaled. The axes are architecture (config), not weights.
+    """
+
+    uses_positions = True
+
+    def __init__(self, axes: list[int], n_hidden: int, n_layers: int):
+        super().__init__()
+        self.axes = [int(a) for a in axes]
+        layers: list[nn.Module] = []
+        n_in = len(self.axes)
+        for _ in range(n_layers):
+            layers += [nn.Linear(n_in, n_hidden), nn.SiLU()]
+            n_in = n_hidden
+        layers.append(nn.Linear(n_in, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, positions, numbers, idx_m, n_atoms):  # noqa: D102 - same layout as EnergyCore
+        per_atom = self.net(positions[..., self.axes]).squeeze(-1)
+        return per_atom.new_zeros(n_atoms.shape[0]).index_add(0, idx_m, per_atom)
+
+
 def build_model(model_config: dict[str, Any]):
-    """A fresh SchNetPack NeuralNetworkPotential from a `ModelSpec.model_dump()`."""
+    """A fresh network from a `ModelSpec.model_dump()`: a SchNetPack
+    NeuralNetworkPotential (painn, schnet) or a `CoordinateField` (coordinates)."""
+    kind = model_config.get("representation", "painn")
+    if kind == "coordinates":
+        axes = [AXES.index(a) for a in model_config.get("coordinates", AXES)]
+        return CoordinateField(axes, int(model_config["n_atom_basis"]), int(model_config["n_interactions"]))
     import schnetpack as spk
 
     cutoff = float(model_config["cutoff"])
@@ -51,7 +108,7 @@ def build_model(model_config: dict[str, Any]):
             radial_basis=radial, cutoff_fn=spk.nn.CosineCutoff(cutoff), n_filters=n_basis,
         )
     else:
-        raise ValueError(f"unknown representation {kind!r} (painn or schnet)")
+        raise ValueError(f"unknown representation {kind!r} (painn, schnet or coordinates)")
     return spk.model.NeuralNetworkPotential(
         representation=representation,
         input_modules=[spk.atomistic.PairwiseDistances()],
@@ -64,6 +121,8 @@ def build_model(model_config: dict[str, Any]):
 
 class EnergyCore(nn.Module):
     """Residual energy per geometry from pair vectors: representation + Atomwise head."""
+
+    uses_positions = False
 
     def __init__(self, representation: nn.Module, atomwise: nn.Module):
         super().__init__()
@@ -82,14 +141,28 @@ class EnergyCore(nn.Module):
 
 @dataclass
 class Member:
-    """A SchNetPack model with its JSON-able config (architecture, elements, reference)."""
+    """A network with its JSON-able config (architecture, elements, reference)."""
 
     model: nn.Module
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def cutoff(self) -> float:
-        return float(self.config["model"]["cutoff"])
+    def representation(self) -> str:
+        return str(self.config["model"].get("representation", "painn"))
+
+    @property
+    def uses_positions(self) -> bool:
+        """True for models of absolute positions (no neighbour list, no cutoff)."""
+        return uses_positions(self.config["model"])
+
+    @property
+    def has_schnetpack_form(self) -> bool:
+        return not self.uses_positions
+
+    @property
+    def cutoff(self) -> float | None:
+        """Neighbour-list cutoff in Å; None for models of absolute positions."""
+        return None if self.uses_positions else float(self.config["model"]["cutoff"])
 
     @property
     def elements(self) -> list[int]:
@@ -97,10 +170,13 @@ class Member:
 
     @property
     def architecture(self) -> dict[str, Any]:
-        return {k: self.config["model"][k] for k in ARCHITECTURE_KEYS}
+        return architecture(self.config["model"])
 
-    def core(self) -> EnergyCore:
-        """The energy network, sharing this member's parameters."""
+    def core(self) -> nn.Module:
+        """The energy network, sharing this member's parameters: an `EnergyCore` of pair
+        vectors, or the `CoordinateField` itself (`core.uses_positions` tells which)."""
+        if isinstance(self.model, CoordinateField):
+            return self.model
         return EnergyCore(self.model.representation, self.model.output_modules[0])
 
     def reference_table(self) -> np.ndarray:
@@ -121,7 +197,7 @@ def new_member(
     """A randomly initialised member; its output layer scaled so initial forces are O(scale)."""
     torch.manual_seed(seed)
     model = build_model(model_config)
-    last = model.output_modules[0].outnet[-1]
+    last = model.net[-1] if isinstance(model, CoordinateField) else model.output_modules[0].outnet[-1]
     with torch.no_grad():
         last.weight.mul_(energy_scale)
         if last.bias is not None:
@@ -176,7 +252,18 @@ def pair_virial(
 def energy_forces(
     core: nn.Module, g, *, create_graph: bool = False, stress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One member on a `Graph`: residual energies (B,), forces (N, 3), dE/dε (B, 3, 3) or None."""
+    """One member on a `Graph`: residual energies (B,), forces (N, 3), dE/dε (B, 3, 3) or None.
+
+    A core of positions (`uses_positions`) gets R and F = −∂E/∂R; its dE/dε is
+    Σ_i (∂E/∂R_i)_a R_ib, the derivative under R → (1+ε)R (positions scaled with the cell).
+    """
+    if getattr(core, "uses_positions", False):
+        with torch.enable_grad():
+            pos = g.positions.detach().requires_grad_(True)
+            energy = core(pos, g.numbers, g.idx_m, g.n_atoms)
+            (de_dpos,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+        virial = pair_virial(de_dpos, pos.detach(), g.idx_m, g.n_graphs) if stress else None
+        return energy, -de_dpos, virial
     with torch.enable_grad():
         rij = (g.positions[g.idx_j] - g.positions[g.idx_i] + g.offsets).detach().requires_grad_(True)
         energy = core(rij, g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms)

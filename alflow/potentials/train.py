@@ -17,6 +17,8 @@ Choices, and why:
   The learning rate halves when validation loss has not improved for patience/4 epochs.
 - Warm start from a previous member: same architecture required; the previous element
   reference is kept (only new elements are fitted), so the warm weights stay meaningful.
+- Members of absolute positions (representation "coordinates") train through the same
+  loop: their cached graphs hold no pairs, and `energy_forces` takes forces as −∂E/∂R.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ase import Atoms
 from alflow.potentials.checkpoint import export_schnetpack, load_member, save_member
 from alflow.potentials.ensemble import resolve_device
 from alflow.potentials.graph import GeometryGraph, collate, geometry_graph
-from alflow.potentials.model import ARCHITECTURE_KEYS, energy_forces, new_member
+from alflow.potentials.model import architecture, energy_forces, new_member, uses_positions
 from alflow.potentials.split import in_validation, split_indices  # noqa: F401 - re-exported
 from alflow.spec import ModelSpec, TrainingSpec
 
@@ -197,7 +199,8 @@ def train_member(
     init_sha256: str | None = None,
     export: bool = True,
 ) -> TrainResult:
-    """Train one member; write `workdir/member.pt` (+ `member.spk.pt` when `export`).
+    """Train one member; write `workdir/member.pt` (+ `member.spk.pt` when `export` and
+    the representation has a SchNetPack form: not for "coordinates").
 
     Energies in eV, forces in eV/Å, stresses in eV/Å³ (ASE sign, (3, 3) or Voigt; None
     for frames without one). `init_checkpoint` warm-starts from a previous member when
@@ -224,7 +227,8 @@ def train_member(
         skipped = [k for k in val_idx if not set(train_atoms[k].numbers) <= set(elements)]
         val_idx = [k for k in val_idx if k not in set(skipped)]
 
-        arch = {k: v for k, v in model.model_dump().items() if k in ARCHITECTURE_KEYS}
+        arch = architecture(model.model_dump(mode="json"))
+        cutoff = None if uses_positions(arch) else model.cutoff  # no neighbour list
         warm = init_checkpoint is not None and training.warm_start
         train_numbers = [np.asarray(train_atoms[k].numbers) for k in train_idx]
         train_e = [float(energies[k]) for k in train_idx]
@@ -244,7 +248,7 @@ def train_member(
             f_train = np.concatenate([np.asarray(forces[k], float) for k in train_idx])
             scale = float(np.sqrt(np.mean(f_train**2))) or 1.0
             member = new_member(arch, elements, reference, seed, energy_scale=scale)
-        member.config["model"] = model.model_dump()
+        member.config["model"] = model.model_dump(mode="json")
         member.config["training"] = training.model_dump()
 
         def sample(k: int) -> _Sample:
@@ -253,7 +257,7 @@ def train_member(
             s = None
             if stresses is not None and stresses[k] is not None and train_atoms[k].pbc.all():
                 s = _as_3x3(stresses[k])
-            return _Sample(geometry_graph(train_atoms[k], model.cutoff), float(energies[k]) - ref,
+            return _Sample(geometry_graph(train_atoms[k], cutoff), float(energies[k]) - ref,
                            np.asarray(forces[k], dtype=np.float64), s)
 
         samples = {k: sample(k) for k in [*train_idx, *val_idx]}
@@ -310,7 +314,7 @@ def train_member(
         ckpt = workdir / "member.pt"
         digest = save_member(member, ckpt)
         spk_path = spk_digest = None
-        if export:
+        if export and member.has_schnetpack_form:
             spk_path = workdir / "member.spk.pt"
             spk_digest = export_schnetpack(member, spk_path)
     metrics["wall_s"] = time.perf_counter() - t0
