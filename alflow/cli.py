@@ -356,5 +356,49 @@ def export(
     typer.echo(f"wrote {n} labelled geometries to {out}")
 
 
+
+@app.command("report")
+def report(
+    name: str = typer.Argument(..., help="Campaign name."),
+    out: str = typer.Option(None, "--out", "-o", help="Output directory (default ./report-NAME)."),
+    db: str | None = DbOption,
+) -> None:
+    """Write a self-contained HTML report (and PNG figures) from the provenance database."""
+    from pathlib import Path
+
+    from alflow.db.queries import require_schema
+    from alflow.errors import InputError
+    from alflow.report import write_report
+
+    try:
+        html = write_report(require_schema(db), name, Path(out or f"report-{name}"))
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"report written to {html}")
+
+
+@sites_app.command("init")
+def sites_init(
+    name: str = typer.Argument(..., help="Name of the new site."),
+    out: str = typer.Option(None, "--out", "-o", help="File to write (default sites/NAME.yaml)."),
+) -> None:
+    """Draft a site file from this cluster's `sinfo` and `scontrol show partition`."""
+    from pathlib import Path
+
+    from alflow.engine.sites_init import collect_cluster_info, draft_site
+    from alflow.errors import InputError
+
+    path = Path(out or f"sites/{name}.yaml")
+    if path.exists():
+        raise fail(f"{path} exists; choose another name or --out")
+    try:
+        sinfo, partitions = collect_cluster_info()
+        text = draft_site(sinfo, partitions, name=name)
+    except (InputError, OSError) as exc:
+        raise fail(f"cannot read the cluster's partitions: {exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    typer.echo(f"drafted {path}: edit account and worker_init, then `alflow sites check {path}`")
+
 if __name__ == "__main__":
     app()
