@@ -182,8 +182,10 @@ def sample_app(kind: str, sampler: dict, checkpoints: list[str], sha256s: list[s
         from alflow.sampling.md import run_md
         from alflow.spec import MDSampler
 
-        result = run_md(ens, seeds, MDSampler(**sampler), trust_hi=context["trust_hi_sigma"],
-                        rng_seed=rng_seed)
+        md = MDSampler(**sampler)
+        result = run_md(ens, seeds, md, trust_hi=context["trust_hi_sigma"], rng_seed=rng_seed,
+                        stop_on=md.stop_on, energy_blowup_per_atom=md.energy_blowup_per_atom,
+                        bond_tolerance=md.bond_tolerance, friction_per_fs=md.friction_per_fs)
         candidates = result.candidates
         records["walkers"] = _jsonable(getattr(result, "walkers", None))
     else:
