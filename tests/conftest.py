@@ -67,3 +67,13 @@ def engine(db_url):
     from alflow.db.session import get_engine
 
     return get_engine(db_url)
+
+
+@pytest.fixture(scope="session")
+def water(tmp_path_factory):
+    """Three tiny PaiNN members trained on rattled water, shared by the sampler tests
+    (trained once per session): (ensemble, frames, training energies per atom)."""
+    pytest.importorskip("tblite.ase")
+    from ensemble_helpers import trained_water_ensemble
+
+    return trained_water_ensemble(tmp_path_factory.mktemp("water"))

@@ -25,21 +25,12 @@ from alflow.sampling.adversarial import attack, log_loss, log_partition
 from alflow.sampling.random_displacement import random_displacements
 from alflow.spec import AdversarialSampler, ModelSpec, RandomSampler, TrainingSpec
 
+from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
+
 torch.set_num_threads(1)
 
-TINY = {"representation": "painn", "n_atom_basis": 16, "n_interactions": 2, "n_rbf": 8, "cutoff": 4.0}
-HCO_REF = {1: -13.6, 6: -1030.0, 8: -2040.0}
 
 
-def random_ensemble(m=3, dtype=torch.float64) -> Ensemble:
-    members = [new_member(dict(TINY), [1, 6, 8], HCO_REF, seed=300 + k) for k in range(m)]
-    return Ensemble(members, device="cpu", dtype=dtype)
-
-
-def rattled(atoms, scale, seed):
-    a = atoms.copy()
-    a.positions += np.random.default_rng(seed).normal(0.0, scale, a.positions.shape)
-    return a
 
 
 # ------------------------------------------------------------------------ the gradient
@@ -143,28 +134,6 @@ def test_periodic_seed_is_wrapped():
 
 
 # ----------------------------------------------------------------- behaviour (trained)
-@pytest.fixture(scope="module")
-def water(tmp_path_factory):
-    """Three tiny PaiNN members trained on 80 rattled waters (GFN2-xTB), and the data."""
-    tblite = pytest.importorskip("tblite.ase")
-    calc = tblite.TBLite(method="GFN2-xTB", verbosity=0)
-    rng = np.random.default_rng(0)
-    frames, energies, forces = [], [], []
-    for _ in range(80):
-        a = molecule("H2O")
-        a.positions += rng.normal(0.0, 0.04, a.positions.shape)
-        a.calc = calc
-        energies.append(a.get_potential_energy())
-        forces.append(a.get_forces())
-        a.calc = None
-        frames.append(a)
-    model = ModelSpec(**TINY, ensemble_size=3)
-    training = TrainingSpec(max_epochs=60, batch_size=8, learning_rate=5e-3, patience=60, val_fraction=0.1)
-    root = tmp_path_factory.mktemp("water")
-    results = [train_member(frames, energies, forces, None, model, training, seed=s,
-                            workdir=root / f"m{s}", export=False) for s in range(3)]
-    ens = Ensemble.load([r.checkpoint for r in results], device="cpu")
-    return ens, frames, np.array(energies) / 3
 
 
 @pytest.mark.slow

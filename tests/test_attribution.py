@@ -24,25 +24,16 @@ from alflow.potentials.train import train_member
 from alflow.sampling.attribution import attribute, attribute_batch, uncertain_atoms
 from alflow.spec import ModelSpec, TrainingSpec
 
+from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
+
 torch.set_num_threads(1)
 
-TINY = {"representation": "painn", "n_atom_basis": 16, "n_interactions": 2, "n_rbf": 8, "cutoff": 4.0}
-HCO_REF = {1: -13.6, 6: -1030.0, 8: -2040.0}
 
 
-def random_ensemble(m=3, dtype=torch.float64) -> Ensemble:
-    members = [new_member(dict(TINY), [1, 6, 8], HCO_REF, seed=200 + k) for k in range(m)]
-    return Ensemble(members, device="cpu", dtype=dtype)
-
-
-def rattled(atoms, scale, seed):
-    a = atoms.copy()
-    a.positions += np.random.default_rng(seed).normal(0.0, scale, a.positions.shape)
-    return a
 
 
 def test_attribution_matches_finite_differences_of_total_variance():
-    ens = random_ensemble()
+    ens = random_ensemble(seed=200)
     atoms = rattled(molecule("CH3CH2OH"), 0.05, 0)
     a = attribute(ens, atoms)
     assert a.shape == (len(atoms),) and np.all(a >= 0)
@@ -68,7 +59,7 @@ def test_attribution_matches_finite_differences_of_total_variance():
 
 
 def test_batched_attribution_equals_one_frame_at_a_time():
-    ens = random_ensemble()
+    ens = random_ensemble(seed=200)
     frames = [rattled(molecule("CH3CH2OH"), 0.05, 1), rattled(molecule("H2O"), 0.05, 2),
               rattled(molecule("CH4"), 0.05, 3)]
     batch = attribute_batch(ens, frames)

@@ -24,33 +24,12 @@ from alflow.potentials.train import train_member
 from alflow.sampling.md import initial_bonds, run_md
 from alflow.spec import MDSampler, ModelSpec, TrainingSpec
 
+from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
+
 torch.set_num_threads(1)
 
-TINY = {"representation": "painn", "n_atom_basis": 16, "n_interactions": 2, "n_rbf": 8, "cutoff": 4.0}
 
 
-@pytest.fixture(scope="module")
-def water(tmp_path_factory):
-    """Three tiny PaiNN members trained on 80 rattled waters (GFN2-xTB), and the frames."""
-    tblite = pytest.importorskip("tblite.ase")
-    calc = tblite.TBLite(method="GFN2-xTB", verbosity=0)
-    rng = np.random.default_rng(0)
-    frames, energies, forces = [], [], []
-    for _ in range(80):
-        a = molecule("H2O")
-        a.positions += rng.normal(0.0, 0.04, a.positions.shape)
-        a.calc = calc
-        energies.append(a.get_potential_energy())
-        forces.append(a.get_forces())
-        a.calc = None
-        a.info.update(charge=0, multiplicity=1)
-        frames.append(a)
-    model = ModelSpec(**TINY, ensemble_size=3)
-    training = TrainingSpec(max_epochs=60, batch_size=8, learning_rate=5e-3, patience=60, val_fraction=0.1)
-    root = tmp_path_factory.mktemp("water")
-    results = [train_member(frames, energies, forces, None, model, training, seed=s,
-                            workdir=root / f"m{s}", export=False) for s in range(3)]
-    return Ensemble.load([r.checkpoint for r in results], device="cpu"), frames
 
 
 def first_crossing(values: np.ndarray, threshold: float) -> int:
@@ -59,7 +38,7 @@ def first_crossing(values: np.ndarray, threshold: float) -> int:
 
 @pytest.mark.slow
 def test_stops_at_trust_hi_and_frames_match_the_ensemble(water):
-    ens, frames = water
+    ens, frames, _ = water
     seeds = frames[:4]
     hot = MDSampler(temperature_K=1000, steps=300, save_every=50)
     free = run_md(ens, seeds, hot, trust_hi=np.inf, rng_seed=0)
@@ -107,7 +86,7 @@ def test_stops_at_trust_hi_and_frames_match_the_ensemble(water):
 
 @pytest.mark.slow
 def test_physical_guards_stop_before_broken_frames(water):
-    ens, frames = water
+    ens, frames, _ = water
     seed = frames[0]
     bi, bj, _ = initial_bonds(seed)
     assert sorted(zip(bi.tolist(), bj.tolist())) == [(0, 1), (0, 2)]  # O-H, O-H; not H-H
@@ -154,7 +133,7 @@ def test_physical_guards_stop_before_broken_frames(water):
 
 @pytest.mark.slow
 def test_nve_conserves_energy_and_langevin_holds_temperature(water):
-    ens, frames = water
+    ens, frames, _ = water
     ens64 = Ensemble(ens.members, device="cpu", dtype=torch.float64)
     drift = {}
     for dt in (0.5, 0.25):
@@ -179,7 +158,7 @@ def test_nve_conserves_energy_and_langevin_holds_temperature(water):
 
 @pytest.mark.slow
 def test_reproducible_and_batching_independent(water):
-    ens, frames = water
+    ens, frames, _ = water
     ens64 = Ensemble(ens.members, device="cpu", dtype=torch.float64)
     settings = MDSampler(temperature_K=600, steps=60, save_every=20)
     a = run_md(ens64, frames[:3], settings, trust_hi=np.inf, rng_seed=11)
