@@ -105,6 +105,7 @@ def query(
     what: str = typer.Argument(None, help="A named query (see --list) or one read-only SQL statement."),
     db: str | None = DbOption,
     campaign: str | None = typer.Option(None, "--campaign", "-c", help="Only this campaign (named queries)."),
+    generation: int | None = typer.Option(None, "--generation", "-g", help="Only this generation (named queries)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     list_: bool = typer.Option(False, "--list", help="List the named queries."),
 ) -> None:
@@ -121,10 +122,11 @@ def query(
         raise fail(f"--format must be table, csv or json, not {fmt!r}")
     try:
         if what in NAMED_QUERIES or not any(c.isspace() for c in what.strip()):
-            result = queries.named_query(db, what, campaign)
+            result = queries.named_query(db, what, campaign, generation)
         else:
-            if campaign:
-                raise InputError("--campaign applies to named queries; filter in your SQL", source="query")
+            if campaign or generation is not None:
+                raise InputError("--campaign/--generation apply to named queries; filter in your SQL",
+                                 source="query")
             result = queries.raw_query(db, what)
     except InputError as exc:
         raise fail(str(exc)) from None

@@ -51,14 +51,16 @@ def require_schema(url: str | None) -> str:
     return resolved
 
 
-def named_query(url: str | None, name: str, campaign: str | None = None) -> QueryResult:
+def named_query(url: str | None, name: str, campaign: str | None = None,
+                generation: int | None = None) -> QueryResult:
     if name not in NAMED_QUERIES:
         known = ", ".join(sorted(NAMED_QUERIES))
         raise InputError(f"unknown query {name!r}; named queries are: {known}", source="query")
     view, order, _ = NAMED_QUERIES[name]
-    where = " WHERE campaign = :campaign" if campaign else ""
-    sql = f"SELECT * FROM {view}{where} ORDER BY {order}"
-    return _run(require_schema(url), sql, {"campaign": campaign} if campaign else {})
+    params = {k: v for k, v in (("campaign", campaign), ("generation", generation)) if v is not None}
+    where = " AND ".join(f"{k} = :{k}" for k in params)
+    sql = f"SELECT * FROM {view}{' WHERE ' + where if where else ''} ORDER BY {order}"
+    return _run(require_schema(url), sql, params)
 
 
 def check_read_only(sql: str) -> str:
