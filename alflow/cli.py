@@ -335,6 +335,12 @@ def status(name: str | None = typer.Argument(None, help="Campaign name (default:
                 typer.echo(f"{n:<32} {st:<9} {why or ''}")
             return
         _print_summary(campaign_summary(url, name))
+        from alflow.report import oracle_utilisation
+
+        util = oracle_utilisation(url, name)
+        if util.get("utilisation") is not None:
+            typer.echo(f"oracle utilisation during labelling: {100 * util['utilisation']:.1f} % of "
+                       f"{util['n_oracle_workers']} worker(s) ({util['workers_source']})")
     except InputError as exc:
         raise fail(str(exc)) from None
 

@@ -35,6 +35,18 @@ def _oracle(spec: dict):
     return _ORACLES[key]
 
 
+def warm_up(role: str, oracle_spec: dict | None = None) -> dict:
+    """Import what a role's tasks need (and build the oracle) before the first real task,
+    so worker start-up is not charged to labelling or training."""
+    started = time.time()
+    if role == "oracle" and oracle_spec is not None:
+        _oracle(oracle_spec)
+    elif role in ("train", "sample"):
+        import alflow.potentials.ensemble  # noqa: F401  (torch + SchNetPack)
+        import alflow.potentials.train  # noqa: F401
+    return {"started": started, "finished": time.time(), **_where()}
+
+
 def label_batch(jobs: list[tuple[int, Any]], oracle_spec: dict) -> dict:
     """Label (geometry_id, Atoms) pairs with the campaign's oracle; failures are labels."""
     started = time.time()

@@ -130,6 +130,7 @@ class CampaignRunner:
         self.method_record = oracle.method_record()
         oracle.close()
         self._apps: dict[str, Callable[..., Future]] = {}
+        self.oracle_workers: int | None = None  # allocated oracle workers (set from the site)
 
     # ------------------------------------------------------------------ plumbing
     def _emit(self, **changes: Any) -> None:
@@ -141,6 +142,8 @@ class CampaignRunner:
         from parsl import python_app
 
         self._apps = {
+            **{f"warmup-{role}": python_app(apps.warm_up, executors=[role])
+               for role in ("oracle", "train", "sample")},
             "label": python_app(apps.label_batch, executors=["oracle"]),
             "train": python_app(apps.train_member_app, executors=["train"]),
             "evaluate": python_app(apps.evaluate_app, executors=["sample"]),
@@ -235,6 +238,7 @@ class CampaignRunner:
                 sa.select(sa.func.coalesce(sa.func.sum(m.Label.cpu_s), 0.0))
                 .join(m.Task, m.Task.id == m.Label.task_id)
                 .where(m.Task.campaign_id == self.campaign_id)) or 0.0)
+        self._warm_up()
         steps = {"label": self.label, "train": self.train, "evaluate": self.evaluate,
                  "validate": self.validate, "sample": self.sample, "select": self.select, "done": self.stop_check}
         while True:
@@ -251,6 +255,29 @@ class CampaignRunner:
                         stop_reason=reason))
                 self._emit(step="finished", message=reason)
                 return reason
+
+    def _warm_up(self) -> None:
+        """One warm-up task per executor, in parallel, recorded (kind 'warmup'): workers
+        start and import their science code before the first step is timed."""
+        if not self._apps:
+            return
+        self._emit(step="starting workers")
+        oracle_spec = self.spec.oracle.model_dump(mode="json")
+        futures = {}
+        with self.Session() as s:
+            gen = self._generation(s)
+            s.expunge(gen)
+        for role in ("oracle", "train", "sample"):
+            n = self.oracle_workers if role == "oracle" and self.oracle_workers else 1
+            args = (role, oracle_spec if role == "oracle" else None)
+            for (task_id, fut) in self._submit_many(f"warmup-{role}", gen, role,
+                                                    [(None, {"role": role}, args)] * n):
+                futures[fut] = task_id
+        for finished in self._wait_batches(futures):
+            with self.Session.begin() as s:
+                for fut, task_id, result, exc in finished:
+                    self._finish_task(s, task_id, fut, result, exc)
+        self._emit(done=0, failed=0)
 
     def mark_interrupted(self) -> None:
         with self.Session.begin() as s:
@@ -299,7 +326,8 @@ class CampaignRunner:
         oracle_spec = self.spec.oracle.model_dump(mode="json")
         batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         submitted = self._submit_many("label", gen, "oracle", [
-            (_key("label", self.method_id, [g for g, _ in b]), {"geometries": len(b)}, (b, oracle_spec))
+            (_key("label", self.method_id, [g for g, _ in b]),
+             {"geometries": len(b), "oracle_workers": self.oracle_workers}, (b, oracle_spec))
             for b in batches])
         futures = {fut: (task_id, b) for (task_id, fut), b in zip(submitted, batches)}
         for finished in self._wait_batches(futures):
@@ -708,7 +736,12 @@ def run_with_parsl(runner: CampaignRunner, site, run_dir: Path) -> str:
 
     from alflow.engine.sites import to_parsl_config
 
+    from alflow.engine.sites import workers_per_node
+
     config = to_parsl_config(site, run_dir, retry_handler=retry_cost)
+    oracle = site.executors["oracle"]
+    blocks = getattr(oracle.provider, "max_blocks", 1) * getattr(oracle.provider, "nodes_per_block", 1)
+    runner.oracle_workers = workers_per_node("oracle", oracle) * blocks
     runner.bind_apps()
     dfk = parsl.load(config)
     try:

@@ -245,20 +245,30 @@ def _worker_init(ex: ExecutorSpec) -> str:
     return "; ".join(x for x in (ex.provider.worker_init.strip(), env_line) if x)
 
 
+def _parsl_walltime(prov: SlurmProviderSpec) -> str:
+    """The walltime as Parsl's SlurmProvider can read it: it splits HH:MM:SS on ':' into
+    whole minutes, so days become hours ("1-02:00:00" -> "26:00:00") and seconds round up
+    to a minute (SLURM reads --time=0 as no limit at all)."""
+    minutes = max(1, -(-prov.walltime_s() // 60))
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
 def _provider(ex: ExecutorSpec):
     from parsl.launchers import SingleNodeLauncher, SrunLauncher
     from parsl.providers import LocalProvider, SlurmProvider
 
     prov = ex.provider
     if isinstance(prov, LocalProviderSpec):
-        return LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=_worker_init(ex))
+        # min_blocks=1: local workers persist between steps, so each pays its imports (and
+        # PySCF its forked worker) once per campaign, not once per generation
+        return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=_worker_init(ex))
     return SlurmProvider(
         partition=prov.partition, account=prov.account, qos=prov.qos,
         constraint=prov.constraint, nodes_per_block=prov.nodes_per_block,
         cores_per_node=prov.cores_per_node,
         mem_per_node=prov.mem_per_node_gb, gpus_per_node=prov.gpus_per_node,
         init_blocks=prov.init_blocks, min_blocks=prov.min_blocks, max_blocks=prov.max_blocks,
-        walltime=prov.walltime, exclusive=prov.exclusive,
+        walltime=_parsl_walltime(prov), exclusive=prov.exclusive,
         scheduler_options="\n".join(s for s in prov.scheduler_options.splitlines() if s.strip()),
         worker_init=_worker_init(ex),
         launcher=SrunLauncher() if prov.launcher == "srun" else SingleNodeLauncher(),
