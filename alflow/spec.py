@@ -190,6 +190,9 @@ class CarvingSpec(Strict):
     min_distance: float = Field(0.7, gt=0)
     charge: int = 0
     multiplicity: int | None = Field(None, ge=1, description="None: 1 if even electrons, else 2")
+    # generation 0: periodic starting frames are labelled as clusters carved around this
+    # many centre atoms each (spread over the frame; hydrogens are not centres)
+    initial_centres: int = Field(16, ge=1)
 
 
 class SelectionSpec(Strict):

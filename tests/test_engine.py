@@ -179,3 +179,39 @@ def test_failures_are_recorded_and_the_campaign_goes_on(tmp_path, sqlite_url):
         gen = c.execute(sa.text("SELECT label_failed_fraction FROM generation WHERE idx = 0")).scalar_one()
         assert gen == pytest.approx((dies + fails) / 12)
     _check_provenance(sqlite_url, "cu_faults", 1)
+
+
+def test_carving_campaign_labels_clusters_not_periodic_frames(tmp_path, sqlite_url):
+    """Condensed phase: periodic frames are sampled, their uncertain environments carved
+    into non-periodic clusters, and only clusters are labelled."""
+    import yaml
+    from ase.build import bulk
+    from ase.io import write
+
+    box = bulk("Cu", "fcc", a=3.6, cubic=True) * (3, 3, 3)  # 108 atoms, 10.8 Å
+    box.rattle(0.05, seed=1)
+    write(tmp_path / "box.extxyz", box)
+    spec = yaml.safe_load(write_spec(tmp_path, "cu_carve").read_text())
+    spec["initial_geometries"] = [{"path": "box.extxyz"}]
+    spec["samplers"] = [{"kind": "md", "temperature_K": 600, "timestep_fs": 2.0, "steps": 20,
+                         "walkers": 1, "save_every": 10}]
+    spec["carving"] = {"enabled": True, "initial_centres": 4, "z_score": 1.0}
+    spec["validation"] = {"enabled": False}
+    spec["evaluation"]["test_fraction"] = 0.25
+    (tmp_path / "carve.yaml").write_text(yaml.safe_dump(spec))
+    out = run_alflow("run", "carve.yaml", "--site", str(write_site(tmp_path)), "--db", sqlite_url, "-q",
+                     cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with get_engine(sqlite_url).connect() as c:
+        labelled = c.execute(sa.text(
+            "SELECT g.pbc, g.origin, g.natoms FROM label l JOIN geometry g ON g.id = l.geometry_id")).all()
+        assert labelled and all(pbc == 0 for pbc, _, _ in labelled)  # never a periodic frame
+        assert {o for _, o, _ in labelled} <= {"initial-carved", "carved"}
+        assert all(n < 108 for *_, n in labelled)
+        # every labelled cluster points at the periodic frame it was carved from
+        assert _count(c, """SELECT COUNT(*) FROM label l JOIN geometry g ON g.id = l.geometry_id
+            WHERE NOT EXISTS (SELECT 1 FROM geometry_edge e JOIN geometry p ON p.id = e.parent_id
+                              WHERE e.child_id = g.id AND e.relation = 'carved' AND p.pbc = 7)""") == 0
+        carved_later = _count(c, "SELECT COUNT(*) FROM sample s JOIN geometry g ON g.id = s.geometry_id "
+                                 "WHERE g.origin = 'carved' AND s.carve_center IS NOT NULL")
+        assert carved_later >= 1  # generation 0's MD frames were carved around uncertain atoms

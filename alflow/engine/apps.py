@@ -230,9 +230,9 @@ def _candidate_dict(c) -> dict:
 def _carve(ens, frames: list[dict], context: dict) -> list[dict]:
     """Periodic frames -> small non-periodic clusters around their uncertain atoms."""
     from alflow.sampling.attribution import attribute, uncertain_atoms
-    from alflow.sampling.carving import CarveOptions, carve_clusters
+    from alflow.sampling.carving import carve_clusters
 
-    options = CarveOptions(**context.get("carve_options", {}))
+    options = carve_options(context.get("carve_options", {}))
     out = []
     for frame in frames:
         atoms = frame["atoms"]
@@ -263,6 +263,15 @@ def _carve(ens, frames: list[dict], context: dict) -> list[dict]:
                 "info": {"n_caps": int(cl.n_caps), "centre": int(cl.centre)},
             })
     return out
+
+
+def carve_options(settings: dict):
+    """`CarveOptions` from the campaign's carving settings (the fields both know)."""
+    from alflow.sampling.carving import CarveOptions
+
+    keys = ("bond_tolerance", "max_fragment_atoms", "cap_bond_lengths", "min_distance",
+            "charge", "multiplicity")
+    return CarveOptions(**{k: settings[k] for k in keys if settings.get(k) is not None})
 
 
 def _jsonable(value: Any) -> Any:

@@ -100,10 +100,45 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
                             params={"sources": [g.path for g in spec.initial_geometries]})
         s.add(run)
         s.flush()
-        s.execute(sa.insert(m.Sample), [
-            {"sampling_run_id": run.id, "geometry_id": g, "selected": True, "reason": "initial"}
-            for g in dict.fromkeys(ids)])
+        carve = spec.carving.enabled
+        samples, edges = [], []
+        seen: set[int] = set()
+        for atoms, gid in zip(loaded.geometries, ids):
+            if gid in seen:  # the same geometry listed twice is one sample
+                continue
+            seen.add(gid)
+            if not (carve and atoms.pbc.any()):
+                samples.append({"sampling_run_id": run.id, "geometry_id": gid, "selected": True,
+                                "reason": "initial"})
+                continue
+            # a periodic frame is labelled as clusters carved from it (see CarvingSpec)
+            samples.append({"sampling_run_id": run.id, "geometry_id": gid, "selected": False,
+                            "reason": "carved"})
+            for cl, cid in _initial_clusters(s, atoms, spec):
+                samples.append({"sampling_run_id": run.id, "geometry_id": cid, "selected": True,
+                                "reason": "initial cluster", "carve_center": int(cl.centre),
+                                "carve_map": np.asarray(cl.source_indices, dtype=np.int64)})
+                edges.append({"child_id": cid, "parent_id": gid, "relation": "carved",
+                              "sampling_run_id": run.id, "info": {"centre": int(cl.centre)}})
+        s.execute(sa.insert(m.Sample), samples)
+        if edges:
+            s.execute(sa.insert(m.GeometryEdge), edges)
         return camp.id
+
+
+def _initial_clusters(s: Session, frame, spec: CampaignSpec):
+    """Clusters carved around `initial_centres` heavy atoms spread over a periodic frame."""
+    from alflow.engine.apps import carve_options
+    from alflow.sampling.carving import carve_clusters
+
+    heavy = np.flatnonzero(frame.numbers > 1)
+    pool = heavy if len(heavy) else np.arange(len(frame))
+    rng = np.random.default_rng(spec.seed)
+    centres = rng.choice(pool, size=min(spec.carving.initial_centres, len(pool)), replace=False)
+    clusters = carve_clusters(frame, [int(c) for c in centres], spec.carving_radius,
+                              options=carve_options(spec.carving.model_dump())).clusters
+    ids = writers.write_geometries(s, [writers.geometry_row(c.atoms, "initial-carved") for c in clusters])
+    return list(zip(clusters, ids))
 
 
 # ======================================================================== the machine
@@ -364,7 +399,7 @@ class CampaignRunner:
     def _split(self, geo: m.Geometry) -> str:
         from alflow.potentials import in_validation
 
-        if geo.origin == "initial" and in_test_set(geo.content_hash, self.spec.evaluation.test_fraction):
+        if geo.origin.startswith("initial") and in_test_set(geo.content_hash, self.spec.evaluation.test_fraction):
             return "test"
         return "val" if in_validation(geo.content_hash, self.spec.training.val_fraction) else "train"
 
@@ -563,19 +598,27 @@ class CampaignRunner:
             rows = self._campaign_labels(s)
             seeds_pool = [(geo.id, writers.atoms_from_geometry(geo), lab.energy)
                           for lab, geo, _ in rows if self._split(geo) != "test"]
+            e_pa = np.array([e / len(a) for _, a, e in seeds_pool])
+            if self.spec.carving.enabled:
+                # condensed phase: sample the periodic frames themselves; what gets labelled
+                # are the clusters carved from them
+                frames = s.scalars(
+                    sa.select(m.Geometry).join(m.Sample, m.Sample.geometry_id == m.Geometry.id)
+                    .join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
+                    .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
+                    .where(m.Generation.campaign_id == self.campaign_id,
+                           m.SamplingRun.kind == "initial", m.Sample.reason == "carved")).all()
+                if frames:
+                    seeds_pool = [(g.id, writers.atoms_from_geometry(g), None) for g in frames]
             done_keys = set(s.scalars(sa.select(m.Task.key).where(
                 m.Task.generation_id == gen.id, m.Task.kind == "sample", m.Task.status == "done")))
             scale = self._calibration_scale(s, gen.id)
-        e_pa = np.array([e / len(a) for _, a, e in seeds_pool])
         context = {"train_energies_per_atom": e_pa.tolist(),
                    "trust_hi_sigma": self.spec.selection.trust_hi / scale}
         if self.spec.carving.enabled:
             c = self.spec.carving
-            options = {k: v for k, v in c.model_dump().items() if v is not None and k in (
-                "bond_tolerance", "max_fragment_atoms", "cap_bond_lengths", "min_distance",
-                "charge", "multiplicity")}
             context.update(carve=True, radius=self.spec.carving_radius, z_score=c.z_score,
-                           use_force_variance=c.use_force_variance, carve_options=options)
+                           use_force_variance=c.use_force_variance, carve_options=c.model_dump())
         futures = {}
         for k, sampler in enumerate(self.spec.samplers):
             n_seeds = sampler.walkers if sampler.kind == "md" else sampler.seeds
