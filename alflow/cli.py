@@ -401,9 +401,12 @@ def sites_init(
         raise fail(f"{path} exists; choose another name or --out")
     try:
         sinfo, partitions = collect_cluster_info()
-        text = draft_site(sinfo, partitions, name=name)
     except (InputError, OSError) as exc:
         raise fail(f"cannot read the cluster's partitions: {exc}") from None
+    try:
+        text = draft_site(sinfo, partitions, name=name)
+    except InputError as exc:
+        raise fail(str(exc)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     typer.echo(f"drafted {path}: edit account and worker_init, then `alflow sites check {path}`")
