@@ -188,7 +188,7 @@ def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) 
 @sites_app.command("check")
 def sites_check(name: str = typer.Argument(..., help="Site name or YAML path.")) -> None:
     """Validate a site, check that its tasks fit its blocks, and show the batch headers."""
-    from alflow.engine.sites import ROLES, batch_script_preview, check_feasibility, load_site, workers_per_node
+    from alflow.engine.sites import ROLES, check_feasibility, load_site, render_batch_script, workers_per_node
     from alflow.errors import InputError
 
     try:
@@ -200,7 +200,7 @@ def sites_check(name: str = typer.Argument(..., help="Site name or YAML path."))
         ex = site.executors[role]
         typer.echo(f"[{role}] {ex.provider.kind} provider, {workers_per_node(role, ex)} worker(s) per node, "
                    f"{ex.cores_per_worker:g} core(s) each, task limit {ex.task_time_limit_s:.0f} s")
-        typer.echo(batch_script_preview(site, role))
+        typer.echo(render_batch_script(site, role))
     if problems:
         raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
     typer.echo(f"site {site.name}: OK")

@@ -261,7 +261,7 @@ def test_sites_check_renders_headers_that_slurm_accepts(tmp_path, slurm):
     headers = _headers(r.stdout)
     assert set(headers) == {"oracle", "train", "sample"}
     for role, header in headers.items():
-        assert "#SBATCH --partition=debug" in header and "#SBATCH --time=00:10:00" in header
+        assert "#SBATCH --partition=debug" in header and "#SBATCH --time=10" in header  # minutes
         probe = _sbatch_test_only(slurm, header, tmp_path)
         assert probe.returncode == 0 and "to start at" in probe.stderr, (role, probe.stderr)
     # and --test-only is no rubber stamp: this cluster has no 'cpu' partition and no GPUs

@@ -203,7 +203,8 @@ def check_feasibility(site: SiteSpec) -> list[str]:
             if accel and (prov.gpus_per_node or 0) < len(accel):
                 problems.append(
                     f"{role}: {len(accel)} accelerators listed but the partition request has "
-                    f"gpus_per_node={prov.gpus_per_node or 0}")
+                    f"gpus_per_node={prov.gpus_per_node or 0}; raise gpus_per_node or list "
+                    f"fewer accelerators")
             if prov.min_blocks > prov.max_blocks or prov.init_blocks > prov.max_blocks:
                 problems.append(f"{role}: init/min blocks exceed max_blocks={prov.max_blocks}")
         elif ex.cores_per_worker > local_cores():
@@ -214,28 +215,24 @@ def check_feasibility(site: SiteSpec) -> list[str]:
 
 
 # ----------------------------------------------------------------------- Parsl config
-def batch_script_preview(site: SiteSpec, role: str) -> str:
-    """The #SBATCH header a block of this role would be submitted with (for `sites check`)."""
+def render_batch_script(site: SiteSpec, role: str) -> str:
+    """The batch script Parsl's SlurmProvider would submit for one block of this role,
+    rendered by Parsl itself with `sbatch` replaced by a stand-in (nothing is submitted).
+    The worker-pool command line is a placeholder: its ports exist only at run time."""
+    import tempfile
+
     prov = site.executors[role].provider
     if not isinstance(prov, SlurmProviderSpec):
-        return f"# {role}: local provider (no batch script)"
-    lines = [f"#SBATCH --job-name=alflow-{role}", f"#SBATCH --partition={prov.partition}",
-             f"#SBATCH --nodes={prov.nodes_per_block}", f"#SBATCH --time={prov.walltime}"]
-    for flag, value in (("account", prov.account), ("qos", prov.qos),
-                        ("constraint", prov.constraint)):
-        if value:
-            lines.append(f"#SBATCH --{flag}={value}")
-    if prov.cores_per_node:
-        lines.append(f"#SBATCH --cpus-per-task={prov.cores_per_node}")
-    if prov.mem_per_node_gb:
-        lines.append(f"#SBATCH --mem={prov.mem_per_node_gb}g")
-    if prov.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={prov.gpus_per_node}")
-    if prov.exclusive:
-        lines.append("#SBATCH --exclusive")
-    lines += [s for s in prov.scheduler_options.splitlines() if s.strip()]
-    lines.append(f"{prov.worker_init}".strip() or "# (no worker_init)")
-    return "\n".join(lines)
+        return f"# {role}: local provider, workers start on this machine (no batch script)"
+    provider = _provider(site.executors[role])
+    with tempfile.TemporaryDirectory() as tmp:
+        provider.script_dir = tmp
+        provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 0", "")
+        provider.submit("process_worker_pool.py <interchange address and ports at run time>",
+                        tasks_per_node=1, job_name=f"alflow-{role}")
+        (script,) = [p for p in Path(tmp).iterdir() if p.name.startswith(f"alflow-{role}")
+                     and not p.name.endswith((".stdout", ".stderr"))]
+        return script.read_text().strip()
 
 
 def _worker_init(ex: ExecutorSpec) -> str:
