@@ -196,13 +196,13 @@ def sites_check(name: str = typer.Argument(..., help="Site name or YAML path."))
     except InputError as exc:
         raise fail(str(exc)) from None
     problems = check_feasibility(site)
+    if problems:
+        raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
     for role in ROLES:
         ex = site.executors[role]
         typer.echo(f"[{role}] {ex.provider.kind} provider, {workers_per_node(role, ex)} worker(s) per node, "
                    f"{ex.cores_per_worker:g} core(s) each, task limit {ex.task_time_limit_s:.0f} s")
         typer.echo(render_batch_script(site, role))
-    if problems:
-        raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
     typer.echo(f"site {site.name}: OK")
 
 
