@@ -91,3 +91,30 @@ def test_sites_cli_list_and_show():
     assert shown["executors"]["train"]["provider"]["gpus_per_node"] == 4
     r = runner.invoke(app, ["sites", "check", "slurm-gpu"])
     assert r.exit_code == 0 and "#SBATCH --partition=gpu" in r.stdout
+
+
+@pytest.mark.slow
+def test_gpu_placement_one_device_per_training_worker_mocked_without_gpus(tmp_path):
+    """No GPU here: the site names two (fake) accelerators, and each training worker must
+    see exactly one of them through CUDA_VISIBLE_DEVICES, a different one per worker."""
+    import subprocess
+
+    import parsl
+    from parsl import python_app
+
+    path = _write(tmp_path, {"name": "fake-gpus", "executors": {
+        "oracle": {"workers_per_node": 1}, "sample": {"workers_per_node": 1},
+        "train": {"accelerators": ["0", "1"], "workers_per_node": "auto"}}})
+    site = sites.load_site(str(path))
+    assert sites.workers_per_node("train", site.executors["train"]) == 2
+    dfk = parsl.load(sites.to_parsl_config(site, tmp_path / "runinfo"))
+    try:
+        # a stdlib function, so the worker needs nothing from this test module; $PPID is
+        # the worker process running the command
+        app = python_app(subprocess.check_output, executors=["train"])
+        cmd = ["sh", "-c", "sleep 0.3; echo $PPID ${CUDA_VISIBLE_DEVICES:-none}"]
+        seen = dict(f.result().decode().split() for f in [app(cmd) for _ in range(8)])
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    assert len(seen) == 2 and sorted(seen.values()) == ["0", "1"]
