@@ -65,3 +65,10 @@ def test_dockerfile_copies_only_paths_that_exist():
     assert sources, "no COPY lines found"
     missing = [s for s in sources if not (ROOT / s).exists()]
     assert missing == []
+
+
+def test_dockerfile_base_image_is_a_build_argument_defaulting_to_cpu():
+    text = (DOCKER / "Dockerfile").read_text()
+    arg = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
+    assert arg and arg.group(1).startswith("python:3.12")
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
