@@ -275,7 +275,7 @@ def run(
     from pathlib import Path
 
     from alflow.db import session
-    from alflow.engine.campaign import create_campaign
+    from alflow.engine.campaign import create_campaign, preflight
     from alflow.engine.sites import check_feasibility, load_site
     from alflow.errors import InputError
     from alflow.spec import load_spec
@@ -286,6 +286,7 @@ def run(
         problems = check_feasibility(site_spec)
         if problems:
             raise InputError("; ".join(problems), source=f"site {site_spec.name}")
+        preflight(loaded)  # before anything is written, even the schema
         url = session.resolve_url(db)
         session.upgrade(url)
         wd = Path(workdir or Path("alflow-runs") / loaded.spec.name)

@@ -215,3 +215,12 @@ def test_carving_campaign_labels_clusters_not_periodic_frames(tmp_path, sqlite_u
         carved_later = _count(c, "SELECT COUNT(*) FROM sample s JOIN geometry g ON g.id = s.geometry_id "
                                  "WHERE g.origin = 'carved' AND s.carve_center IS NOT NULL")
         assert carved_later >= 1  # generation 0's MD frames were carved around uncertain atoms
+
+
+def test_run_refuses_an_oracle_that_cannot_label_the_start_and_writes_nothing(tmp_path):
+    spec = write_spec(tmp_path, "cu_bad", oracle={"kind": "ase", "calculator": "nosuchcalc"})
+    db = tmp_path / "bad.db"
+    out = run_alflow("run", str(spec), "--db", f"sqlite:///{db}", "-q", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert "field 'oracle'" in out.stderr and "nosuchcalc" in out.stderr
+    assert not db.exists()

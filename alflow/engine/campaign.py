@@ -80,6 +80,7 @@ Progress = Callable[[Status], None]
 def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: str | Path) -> int:
     """Record a new campaign, its initial geometries and generation 0 in one transaction."""
     spec = loaded.spec
+    preflight(loaded)
     Session = session_factory(url)
     with Session.begin() as s:
         if s.scalar(sa.select(m.Campaign.id).where(m.Campaign.name == spec.name)) is not None:
@@ -124,6 +125,22 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
         if edges:
             s.execute(sa.insert(m.GeometryEdge), edges)
         return camp.id
+
+
+def preflight(loaded: LoadedSpec) -> None:
+    """Refuse a campaign whose oracle cannot label its own starting geometries."""
+    from alflow.oracles import make_oracle
+
+    oracle = make_oracle(loaded.spec.oracle)
+    try:
+        for atoms in loaded.geometries:
+            if atoms.pbc.any() and loaded.spec.carving.enabled:
+                continue  # labelled as carved clusters, not whole
+            problem = oracle.preflight(atoms)
+            if problem:
+                raise InputError(f"field 'oracle': {problem}", source=str(loaded.path))
+    finally:
+        oracle.close()
 
 
 def _initial_clusters(s: Session, frame, spec: CampaignSpec):

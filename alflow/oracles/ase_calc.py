@@ -90,6 +90,9 @@ class ASELabeler(Oracle):
             self._cls, self._resolve_error = None, str(exc)
         self._worker = ForkWorker(_evaluate) if settings.timeout_s is not None else None
 
+    def preflight(self, atoms: Atoms) -> str | None:
+        return self._resolve_error
+
     @property
     def code_version(self) -> str:
         """ASE's version, plus the calculator package's where it has one."""

@@ -132,6 +132,12 @@ class Oracle(ABC):
             method_key=self.method_key,
         )
 
+    def preflight(self, atoms: Atoms) -> str | None:
+        """Why this oracle cannot label `atoms` at all (bad settings, impossible input), or
+        None. Cheap and computes nothing: lets a campaign refuse to start rather than
+        record a generation of identical failures."""
+        return None
+
     def close(self) -> None:
         """Release a worker process, if the oracle has one."""
 

@@ -219,6 +219,9 @@ class PySCFLabeler(Oracle):
             return msg, {}
         return _basis_check(self.settings.basis, tuple(sorted(set(atoms.get_chemical_symbols()))))
 
+    def preflight(self, atoms: Atoms) -> str | None:
+        return self._validate(atoms)[0]
+
     def _compute(self, atoms: Atoms) -> dict:
         msg, ecp = self._validate(atoms)
         if msg:
