@@ -161,6 +161,9 @@ class AdversarialSampler(Strict):
     init_std: float = Field(0.01, ge=0)
     max_displacement: float = Field(0.5, gt=0)
     seeds: int = Field(16, ge=1)
+    # each seed is attacked this many times from different random starts (gradient ascent
+    # finds local maxima; several starts find more of them)
+    attacks_per_seed: int = Field(1, ge=1)
     remove_rigid: bool = True
 
 

@@ -187,9 +187,10 @@ def sample_app(kind: str, sampler: dict, checkpoints: list[str], sha256s: list[s
         from alflow.sampling.adversarial import attack
         from alflow.spec import AdversarialSampler
 
-        candidates = attack(ens, seeds, AdversarialSampler(**sampler),
+        adv = AdversarialSampler(**sampler)
+        candidates = attack(ens, seeds, adv,
                             train_energies_per_atom=np.asarray(context["train_energies_per_atom"]),
-                            rng_seed=rng_seed)
+                            rng_seed=rng_seed, attacks_per_seed=adv.attacks_per_seed)
     elif kind == "md":
         from alflow.sampling.md import run_md
         from alflow.spec import MDSampler
