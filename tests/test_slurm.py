@@ -10,6 +10,8 @@ no cluster.
 
 from __future__ import annotations
 
+import re
+
 import os
 import shutil
 import signal
@@ -239,8 +241,9 @@ def _headers(check_stdout: str) -> dict[str, str]:
     out: dict[str, list[str]] = {}
     role = None
     for line in check_stdout.splitlines():
-        if line.startswith("[") and "]" in line:
-            role = line[1:line.index("]")]
+        m = re.match(r"^\[(oracle|train|sample)\] ", line)
+        if m:
+            role = m.group(1)
             out[role] = []
         elif role and line.startswith("#SBATCH"):
             out[role].append(line)
