@@ -6,6 +6,8 @@ CLI decides exit codes.
 
 from __future__ import annotations
 
+import contextlib
+
 import typer
 
 app = typer.Typer(help="Active-learning workflows for interatomic potentials.", no_args_is_help=True)
@@ -24,16 +26,24 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+@contextlib.contextmanager
+def user_errors():
+    """Inside: an `InputError` becomes one error line and exit code 2."""
+    from alflow.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        raise fail(str(exc)) from None
+
+
 @spec_app.command("validate")
 def spec_validate(path: str = typer.Argument(..., help="Campaign spec YAML file.")) -> None:
     """Check a campaign spec and its geometry files; print a summary."""
-    from alflow.errors import InputError
     from alflow.spec import load_spec
 
-    try:
+    with user_errors():
         loaded = load_spec(path)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     n_atoms = sum(len(a) for a in loaded.geometries)
     typer.echo(
         f"{path}: valid (campaign {loaded.spec.name!r}, {len(loaded.geometries)} initial "
@@ -52,13 +62,10 @@ DbOption = typer.Option(None, "--db", help="Database URL (default: $ALFLOW_DB_UR
 def db_upgrade(db: str | None = DbOption, revision: str = typer.Option("head", help="Target revision.")) -> None:
     """Create or migrate the schema to REVISION (default: the newest)."""
     from alflow.db import session
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         url = session.resolve_url(db)
         session.upgrade(url, revision)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     typer.echo(f"{session.redact(url)}: at revision {session.current_revision(url)}")
 
 
@@ -70,15 +77,12 @@ def db_downgrade(
 ) -> None:
     """Migrate the schema down to REVISION (destructive)."""
     from alflow.db import session
-    from alflow.errors import InputError
 
     if not yes:
         raise fail("downgrading deletes recorded data; pass --yes to confirm")
-    try:
+    with user_errors():
         url = session.resolve_url(db)
         session.downgrade(url, revision)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     typer.echo(f"{session.redact(url)}: at revision {session.current_revision(url)}")
 
 
@@ -87,12 +91,9 @@ def db_current(db: str | None = DbOption) -> None:
     """Show the schema revision of the database and the newest one alflow knows."""
     from alflow.db import session
     from alflow.db.queries import require_schema
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         url = require_schema(db)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     cur, head = session.current_revision(url), session.head_revision()
     state = "up to date" if cur == head else f"behind: run `alflow db upgrade` (head is {head})"
     typer.echo(f"{session.redact(url)}: revision {cur} ({state})")
@@ -120,7 +121,7 @@ def query(
         return
     if fmt not in ("table", "csv", "json"):
         raise fail(f"--format must be table, csv or json, not {fmt!r}")
-    try:
+    with user_errors():
         if what in NAMED_QUERIES or not any(c.isspace() for c in what.strip()):
             result = queries.named_query(db, what, campaign, generation)
         else:
@@ -128,8 +129,6 @@ def query(
                 raise InputError("--campaign/--generation apply to named queries; filter in your SQL",
                                  source="query")
             result = queries.raw_query(db, what)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     _print_result(result, fmt)
 
 
@@ -176,12 +175,9 @@ def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) 
     import yaml
 
     from alflow.engine.sites import load_site
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         site = load_site(name)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     typer.echo(yaml.safe_dump(site.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
@@ -189,12 +185,9 @@ def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) 
 def sites_check(name: str = typer.Argument(..., help="Site name or YAML path.")) -> None:
     """Validate a site, check that its tasks fit its blocks, and show the batch headers."""
     from alflow.engine.sites import ROLES, check_feasibility, load_site, render_batch_script, workers_per_node
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         site = load_site(name)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     problems = check_feasibility(site)
     if problems:
         raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
@@ -229,17 +222,15 @@ def _live_display():
 
 def _run_campaign(name: str, url: str, site: str | None, quiet: bool) -> None:
     from alflow.engine.campaign import campaign_summary, run_campaign
-    from alflow.errors import InputError
 
     try:
-        if quiet:
-            reason = run_campaign(name, url, site_name=site)
-        else:
-            live, progress = _live_display()
-            with live:
-                reason = run_campaign(name, url, site_name=site, progress=progress)
-    except InputError as exc:
-        raise fail(str(exc)) from None
+        with user_errors():
+            if quiet:
+                reason = run_campaign(name, url, site_name=site)
+            else:
+                live, progress = _live_display()
+                with live:
+                    reason = run_campaign(name, url, site_name=site, progress=progress)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: continue with `alflow resume {name}`", err=True)
         raise typer.Exit(130) from None
@@ -280,7 +271,7 @@ def run(
     from alflow.errors import InputError
     from alflow.spec import load_spec
 
-    try:
+    with user_errors():
         loaded = load_spec(spec)
         site_spec = load_site(site or loaded.spec.site)  # fail before anything is written
         problems = check_feasibility(site_spec)
@@ -291,8 +282,6 @@ def run(
         session.upgrade(url)
         wd = Path(workdir or Path("alflow-runs") / loaded.spec.name)
         create_campaign(loaded, url, site=site or loaded.spec.site, workdir=wd)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     typer.echo(f"campaign {loaded.spec.name!r} created in {session.redact(url)}")
     _run_campaign(loaded.spec.name, url, site, quiet)
 
@@ -306,12 +295,9 @@ def resume(
 ) -> None:
     """Continue a stopped or crashed campaign where it left off (no oracle call repeated)."""
     from alflow.db.queries import require_schema
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         url = require_schema(db)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     _run_campaign(name, url, site, quiet)
 
 
@@ -324,9 +310,8 @@ def status(name: str | None = typer.Argument(None, help="Campaign name (default:
     from alflow.db.queries import require_schema
     from alflow.db.session import get_engine
     from alflow.engine.campaign import campaign_summary
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         url = require_schema(db)
         if name is None:
             with get_engine(url).connect() as c:
@@ -342,8 +327,6 @@ def status(name: str | None = typer.Argument(None, help="Campaign name (default:
         if util.get("utilisation") is not None:
             typer.echo(f"oracle utilisation during labelling: {100 * util['utilisation']:.1f} % of "
                        f"{util['n_oracle_workers']} worker(s) ({util['workers_source']})")
-    except InputError as exc:
-        raise fail(str(exc)) from None
 
 
 @app.command("export")
@@ -356,12 +339,9 @@ def export(
     """Write every successfully labelled geometry of a campaign, with energy and forces."""
     from alflow.db.queries import require_schema
     from alflow.engine.export import export_campaign
-    from alflow.errors import InputError
 
-    try:
+    with user_errors():
         n = export_campaign(require_schema(db), name, out, fmt)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     typer.echo(f"wrote {n} labelled geometries to {out}")
 
 
@@ -376,13 +356,10 @@ def report(
     from pathlib import Path
 
     from alflow.db.queries import require_schema
-    from alflow.errors import InputError
     from alflow.report import write_report
 
-    try:
+    with user_errors():
         html = write_report(require_schema(db), name, Path(out or f"report-{name}"))
-    except InputError as exc:
-        raise fail(str(exc)) from None
     typer.echo(f"report written to {html}")
 
 
@@ -404,10 +381,8 @@ def sites_init(
         sinfo, partitions = collect_cluster_info()
     except (InputError, OSError) as exc:
         raise fail(f"cannot read the cluster's partitions: {exc}") from None
-    try:
+    with user_errors():
         text = draft_site(sinfo, partitions, name=name)
-    except InputError as exc:
-        raise fail(str(exc)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     typer.echo(f"drafted {path}: edit account and worker_init, then `alflow sites check {path}`")

@@ -21,18 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _campaigns import run_variant  # noqa: E402
 from engine_helpers import write_site  # noqa: E402
 
 from alflow.db import models as m  # noqa: E402
-from alflow.db.session import get_engine, upgrade  # noqa: E402
-from alflow.engine.campaign import CampaignRunner, create_campaign, run_with_parsl  # noqa: E402
-from alflow.engine.sites import load_site  # noqa: E402
+from alflow.db.session import get_engine  # noqa: E402
 from alflow.oracles.analytic import double_well  # noqa: E402
-from alflow.spec import load_spec  # noqa: E402
 
 SHALLOW_MIN = (0.6505, 0.0)
 STRATEGIES = {"adversarial": "double_well.yaml", "random": "double_well_random.yaml"}
@@ -74,18 +72,12 @@ def evaluate(url: str, workdir: Path, name: str, points: np.ndarray, e_ref: np.n
 
 
 def run_one(strategy: str, seed: int, generations: int, tmp: Path, site: Path) -> list[dict]:
-    spec = yaml.safe_load((ROOT / "workflows" / STRATEGIES[strategy]).read_text())
+    def edit(spec: dict) -> None:
+        spec["seed"] = seed
+        spec["stopping"].update(max_generations=generations, oracle_budget=None, accurate_fraction=None)
+
     name = f"dw_{strategy}_{seed}"
-    spec.update(name=name, seed=seed)
-    spec["stopping"].update(max_generations=generations, oracle_budget=None, accurate_fraction=None)
-    spec["initial_geometries"][0]["path"] = str(ROOT / "workflows" / spec["initial_geometries"][0]["path"])
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    url = f"sqlite:///{tmp / (name + '.db')}"
-    upgrade(url)
-    workdir = tmp / name
-    create_campaign(load_spec(path), url, site=str(site), workdir=workdir)
-    run_with_parsl(CampaignRunner(url, name), load_site(str(site)), tmp / f"runinfo-{name}")
+    url, workdir = run_variant(STRATEGIES[strategy], name, edit, tmp, site)
     points, e_ref = test_points()
     return evaluate(url, workdir, name, points, e_ref)
 

@@ -22,16 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _campaigns import run_variant  # noqa: E402
 from engine_helpers import write_site  # noqa: E402
 
-from alflow.db.session import get_engine, upgrade  # noqa: E402
-from alflow.engine.campaign import CampaignRunner, create_campaign, run_with_parsl  # noqa: E402
-from alflow.engine.sites import load_site  # noqa: E402
-from alflow.spec import load_spec  # noqa: E402
+from alflow.db.session import get_engine  # noqa: E402
 
 
 def sampler_for(strategy: str, base: list[dict]) -> list[dict]:
@@ -43,21 +41,15 @@ def sampler_for(strategy: str, base: list[dict]) -> list[dict]:
 
 def run_one(strategy: str, seed: int, generations: int, per_gen: int, tmp: Path, site: Path,
             validation: dict) -> list[dict]:
-    spec = yaml.safe_load((ROOT / "workflows" / "ethanol.yaml").read_text())
-    name = f"eth_{strategy}_{seed}"
-    spec.update(name=name, seed=seed)
-    spec["oracle"] = {"kind": "ase", "calculator": "tblite"}
-    spec["samplers"] = sampler_for(strategy, spec["samplers"])
-    spec["selection"]["max_per_generation"] = per_gen
-    spec["stopping"] = {"max_generations": generations}
-    spec["validation"].update(reference="tblite", **validation)
-    spec["initial_geometries"][0]["path"] = str(ROOT / "workflows" / spec["initial_geometries"][0]["path"])
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    url = f"sqlite:///{tmp / (name + '.db')}"
-    upgrade(url)
-    create_campaign(load_spec(path), url, site=str(site), workdir=tmp / name)
-    run_with_parsl(CampaignRunner(url, name), load_site(str(site)), tmp / f"runinfo-{name}")
+    def edit(spec: dict) -> None:
+        spec["seed"] = seed
+        spec["oracle"] = {"kind": "ase", "calculator": "tblite"}
+        spec["samplers"] = sampler_for(strategy, spec["samplers"])
+        spec["selection"]["max_per_generation"] = per_gen
+        spec["stopping"] = {"max_generations": generations}
+        spec["validation"].update(reference="tblite", **validation)
+
+    url, _ = run_variant("ethanol.yaml", f"eth_{strategy}_{seed}", edit, tmp, site)
     with get_engine(url).connect() as c:
         rows = c.execute(sa.text("""
             SELECT g.idx, e.force_mae, e.stability_time_fs, e.hr_error,

@@ -20,10 +20,10 @@ from ase.build import bulk, molecule
 
 from alflow.potentials.ensemble import Ensemble
 from alflow.potentials.model import new_member
-from alflow.potentials.train import train_member
+
 from alflow.sampling.adversarial import attack, log_loss, log_partition
 from alflow.sampling.random_displacement import random_displacements
-from alflow.spec import AdversarialSampler, ModelSpec, RandomSampler, TrainingSpec
+from alflow.spec import AdversarialSampler, RandomSampler
 
 from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
 

@@ -19,7 +19,7 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
 from alflow.potentials.ensemble import Ensemble
-from alflow.potentials.model import new_member
+
 from alflow.potentials.train import train_member
 from alflow.sampling.attribution import attribute, attribute_batch, uncertain_atoms
 from alflow.spec import ModelSpec, TrainingSpec

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 from ase import units
-from ase.build import bulk, molecule
+from ase.build import bulk
 
 from alflow.potentials.ensemble import Ensemble
 from alflow.potentials.model import new_member
-from alflow.potentials.train import train_member
-from alflow.sampling.md import initial_bonds, run_md
-from alflow.spec import MDSampler, ModelSpec, TrainingSpec
 
-from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
+from alflow.sampling.md import initial_bonds, run_md
+from alflow.spec import MDSampler
+
+from ensemble_helpers import TINY
 
 torch.set_num_threads(1)
 
