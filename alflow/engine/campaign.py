@@ -224,10 +224,13 @@ class CampaignRunner:
                 if len(rows) < 2 else list(s.scalars(sa.insert(m.Task).returning(m.Task.id, sort_by_parameter_order=True), rows))
         return list(zip(ids, futures))
 
-    def _finish_task(self, s: Session, task_id: int, fut: Future, result: dict | None,
-                     exc: BaseException | None) -> None:
+    def _task_outcome(self, task_id: int, fut: Future, result: dict | None,
+                      exc: BaseException | None) -> dict[str, Any]:
+        """The task row's final values: when and where it ran, how often, how it ended."""
         record = getattr(fut, "task_record", None) or {}
-        values: dict[str, Any] = {"finished_at": _now(), "tries": int(record.get("try_id", 0)) + 1}
+        values: dict[str, Any] = {"id": task_id, "finished_at": _now(), "started_at": None,
+                                  "tries": int(record.get("try_id", 0)) + 1, "slurm_job_id": None,
+                                  "error_class": None, "error_msg": None}
         if result is not None:
             values.update(status="done", started_at=_ts(result.get("started")),
                           finished_at=_ts(result.get("finished")),
@@ -235,7 +238,15 @@ class CampaignRunner:
         else:
             values.update(status="failed", error_class=type(exc).__name__,
                           error_msg=str(exc)[:2000])
-        s.execute(sa.update(m.Task).where(m.Task.id == task_id).values(**values))
+        return values
+
+    def _finish_tasks(self, s: Session, outcomes: list[dict[str, Any]]) -> None:
+        if outcomes:
+            s.execute(sa.update(m.Task), outcomes)  # one executemany, by primary key
+
+    def _finish_task(self, s: Session, task_id: int, fut: Future, result: dict | None,
+                     exc: BaseException | None) -> None:
+        self._finish_tasks(s, [self._task_outcome(task_id, fut, result, exc)])
 
     def _wait_batches(self, futures: dict[Future, Any]) -> Iterable[list[tuple[Future, Any, dict | None, BaseException | None]]]:
         """Yield finished tasks in batches: everything that has completed since the last
@@ -383,9 +394,9 @@ class CampaignRunner:
         futures = {fut: (task_id, b) for (task_id, fut), b in zip(submitted, batches)}
         for finished in self._wait_batches(futures):
             with self.Session.begin() as s:
-                rows = []
+                rows, outcomes = [], []
                 for fut, (task_id, batch), result, exc in finished:
-                    self._finish_task(s, task_id, fut, result, exc)
+                    outcomes.append(self._task_outcome(task_id, fut, result, exc))
                     if result is not None:
                         rows += [writers.label_row(method_id=self.method_id, task_id=task_id, **lab)
                                  for lab in result["labels"]]
@@ -396,6 +407,7 @@ class CampaignRunner:
                                                    else "task_error",
                                                    error_msg=f"{type(exc).__name__}: {exc}"[:2000])
                                  for g, _ in batch]
+                self._finish_tasks(s, outcomes)
                 writers.write_labels(s, rows)
         with self.Session() as s:
             statuses = s.execute(sa.select(m.Label.status, sa.func.count()).join(m.Task)
