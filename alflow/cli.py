@@ -26,6 +26,15 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _console():
+    """A rich console; wide when output goes to a file or pipe, so tables are not cut."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 @contextlib.contextmanager
 def user_errors():
     """Inside: an `InputError` becomes one error line and exit code 2."""
@@ -145,13 +154,12 @@ def _print_result(result, fmt: str) -> None:
         records = [dict(zip(result.columns, row)) for row in result.rows]
         typer.echo(json.dumps(records, indent=1, default=str))
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(*result.columns, show_lines=False)
         for row in result.rows:
             table.add_row(*("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)) for v in row))
-        Console().print(table)
+        _console().print(table)
         typer.echo(f"{len(result.rows)} row(s)")
 
 
@@ -239,7 +247,6 @@ def _run_campaign(name: str, url: str, site: str | None, quiet: bool) -> None:
 
 
 def _print_summary(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table("gen", "state", "labels", "failed %", "force MAE", "accurate", "candidate", "failed", "selected",
@@ -249,7 +256,7 @@ def _print_summary(summary: dict) -> None:
                   "-" if g["label_failed_fraction"] is None else f"{100 * g['label_failed_fraction']:.0f}",
                   "-" if g["force_mae"] is None else f"{g['force_mae']:.4f}",
                   *(str(g[k] if g[k] is not None else "-") for k in ("n_accurate", "n_candidate", "n_failed", "n_selected")))
-    Console().print(t)
+    _console().print(t)
     tasks = ", ".join(f"{k} {v}" for k, v in sorted(summary["tasks"].items()))
     typer.echo(f"tasks: {tasks or 'none'}; oracle CPU {summary['oracle_cpu_s']:.1f} s")
 
