@@ -51,3 +51,16 @@ def trained_water_ensemble(root: Path):
                             workdir=root / f"m{s}", export=False) for s in range(3)]
     ens = Ensemble.load([r.checkpoint for r in results], device="cpu")
     return ens, frames, np.array(energies) / 3
+
+
+def finite_difference_forces(ens: Ensemble, atoms, h: float) -> np.ndarray:
+    """(M, n, 3) member forces as −∂E/∂R by central differences of each member's energy."""
+    fd = np.zeros((ens.size, len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, k] += h
+            minus.positions[i, k] -= h
+            e = ens.predict([plus, minus], members=True)["energy_members"]
+            fd[:, i, k] = -(e[:, 0] - e[:, 1]) / (2 * h)
+    return fd

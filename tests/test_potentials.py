@@ -33,6 +33,8 @@ from alflow.potentials.split import in_validation, split_indices
 from alflow.potentials.train import fit_energy_reference, train_member
 from alflow.spec import ModelSpec, TrainingSpec
 
+from ensemble_helpers import finite_difference_forces  # noqa: E402
+
 torch.set_num_threads(1)
 
 TINY = {"representation": "painn", "n_atom_basis": 16, "n_interactions": 2, "n_rbf": 8, "cutoff": 5.0}
@@ -69,14 +71,7 @@ def test_forces_are_minus_energy_gradient(representation):
     atoms = rattled(molecule("CH3CH2OH"), 0.05, 0)
     out = ens.predict([atoms], members=True)
     h = 1e-4
-    fd = np.zeros((ens.size, len(atoms), 3))
-    for i in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[i, k] += h
-            minus.positions[i, k] -= h
-            e = ens.predict([plus, minus], members=True)["energy_members"]
-            fd[:, i, k] = -(e[:, 0] - e[:, 1]) / (2 * h)
+    fd = finite_difference_forces(ens, atoms, h)
     np.testing.assert_allclose(out["forces_members"][0], fd, atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(out["forces"][0], fd.mean(0), atol=1e-6, rtol=1e-6)
     assert np.abs(fd).max() > 1e-2  # a non-trivial check

@@ -27,6 +27,8 @@ from alflow.potentials.model import UnknownElementError, new_member
 from alflow.potentials.train import train_member
 from alflow.spec import ModelSpec, TrainingSpec
 
+from ensemble_helpers import finite_difference_forces  # noqa: E402
+
 torch.set_num_threads(1)
 
 FIELD = {"representation": "coordinates", "n_atom_basis": 16, "n_interactions": 2,
@@ -65,14 +67,7 @@ def test_forces_are_minus_energy_gradient(axes):
     out = ens.predict(batch, members=True)
     h = 1e-5
     for b, atoms in enumerate(batch):
-        fd = np.zeros((ens.size, len(atoms), 3))
-        for i in range(len(atoms)):
-            for k in range(3):
-                plus, minus = atoms.copy(), atoms.copy()
-                plus.positions[i, k] += h
-                minus.positions[i, k] -= h
-                e = ens.predict([plus, minus], members=True)["energy_members"]
-                fd[:, i, k] = -(e[:, 0] - e[:, 1]) / (2 * h)
+        fd = finite_difference_forces(ens, atoms, h)
         np.testing.assert_allclose(out["forces_members"][b], fd, atol=1e-7, rtol=1e-6)
         np.testing.assert_allclose(out["forces"][b], fd.mean(0), atol=1e-7, rtol=1e-6)
         assert np.abs(fd).max() > 1e-2
