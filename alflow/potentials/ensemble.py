@@ -9,10 +9,13 @@ virials follow from each member's dE/dr_ij. Two ways to run the members:
   (identical architectures only).
 
 Measured here (1 CPU thread, 64 ethanols, M=4 PaiNN-64×3, benchmarks/ensemble_inference.py):
-loop 131 ms, vmap 147–216 ms, four separate single-member passes 143 ms. On a CPU the
-members' work is compute- and memory-bound and cannot be shared; sharing saves only the
-neighbour lists (~8%). ``"auto"`` picks loop on CPU and vmap on CUDA, where one batched
-kernel per op instead of M should pay off — not measured (no GPU was available).
+loop 118 ms, vmap 171 ms, four separate single-member passes 132 ms, four SchNetPack
+`model(AtomsConverter(...))` passes 210 ms. On a CPU the members' work is memory- and
+compute-bound and cannot be shared; sharing saves the neighbour lists (~10%). What did pay
+is evaluating each PaiNN member with fewer passes over its pair tensors
+(`fast_painn`, used by every `EnergyCore`): 1.5× on inference, 1.4× on attack steps.
+``"auto"`` picks loop on CPU and vmap on CUDA, where one batched kernel per op instead of
+M should pay off — not measured (no GPU was available).
 
 Uncertainty (M members, geometry with n atoms):
   σ_F² = 1/(M−1) Σ_m [1/(3n) Σ_ij (F̂_ij^(m) − F̄_ij)²]   per geometry,

@@ -124,17 +124,26 @@ class EnergyCore(nn.Module):
 
     uses_positions = False
 
-    def __init__(self, representation: nn.Module, atomwise: nn.Module):
+    def __init__(self, representation: nn.Module, atomwise: nn.Module, fast: bool = True):
         super().__init__()
         self.representation = representation
         self.atomwise = atomwise
+        from alflow.potentials import fast_painn  # imports SchNetPack: only when a core is built
+
+        # same function, fewer passes over the pair tensors (fast_painn); False: SchNetPack's forward
+        self.fast = fast and fast_painn.supports(representation)
+        self._fast_representation = fast_painn.painn_representation
 
     def forward(self, rij, numbers, idx_i, idx_j, idx_m, n_atoms):  # noqa: D102
         inputs = {
             "_atomic_numbers": numbers, "_Rij": rij, "_idx_i": idx_i, "_idx_j": idx_j,
             "_idx_m": idx_m, "_n_atoms": n_atoms,
         }
-        inputs = self.representation(inputs)
+        if self.fast:
+            inputs["scalar_representation"] = self._fast_representation(
+                self.representation, rij, numbers, idx_i, idx_j)
+        else:
+            inputs = self.representation(inputs)
         inputs = self.atomwise(inputs)
         return inputs["energy"]
 

@@ -31,9 +31,10 @@ maximum and along the clamp, so an earlier iterate often wins (5 of 8 in the wat
 
 Batching: Adam is elementwise and seeds do not interact, so one batch of seeds gives the
 same paths as separate attacks (tested). Measured (benchmarks/attack_cost.py, ethanol,
-M=4 PaiNN-64, 1 CPU thread): 23 ms per step for one seed, 7 ms per seed·step at 64 seeds
-(3.1–3.6× cheaper); on a CPU the ensemble's second-order pass is compute-bound from
-~8 seeds on, so larger batches gain little more.
+M=4 PaiNN-64, 1 CPU thread): 32 ms per step for one seed (per-op overhead), 5.5 ms per
+seed·step at 64 seeds (5.9× cheaper). A large batch is memory-bound on the pair tensors;
+SchNetPack's own PaiNN forward, whose (P, 576) filter costs several extra passes under
+double autograd, gave 7–8.5 ms (3–4×) — see `alflow.potentials.fast_painn`.
 
 kT: a per-atom energy scale. The prior adds −Ē_pa/kT, so a rise of kT per atom above the
 training minimum costs one e-fold of L, while σ_F² can grow by orders of magnitude.
