@@ -9,13 +9,19 @@ attack's ∂σ_F²/∂R) each of those steps costs several more full passes over
 cutoff product's backward, the split's backward `cat`). Measured (1 CPU thread, 64
 ethanols, M=4 PaiNN-64×3): those passes were 60–70 % of an attack step.
 
-Here the cutoff is folded into the radial basis, which is exact because the dense layer is
-affine:  (φ·A + b)·f_c = [φ·f_c, f_c] · [A; b],  and each interaction's filter is its own
-(P, n_rbf+1) × (n_rbf+1, 3F) product, so the big tensor is never formed, multiplied or
-split. Everything else (embedding, interaction and mixing blocks, the atom-wise head) is
+Here, exactly the same function with fewer pair-sized passes:
+- the cutoff is folded into the radial basis, exact because the dense layer is affine:
+  (φ·A + b)·f_c = [φ·f_c, f_c] · [A; b], so the filter is never multiplied by f_c;
+- each message part (q, r̂_ij, μ_j) of each interaction gets its own (P, n_rbf+1) × (n_rbf+1, F)
+  product and its own gather, so nothing pair-sized is split (and `cat` in backward);
+- gathers are `index_select`, whose backward is `index_add` rather than `index_put`;
+- μ starts at zero, so the first block's μ_j term (zero) is not computed.
+Everything else (embedding, interaction and mixing networks, the atom-wise head) is
 SchNetPack's own modules with the member's own parameters: the weights, the checkpoint and
 what SchNetPack loads are unchanged; only the evaluation order differs (equal to float
-round-off; tests/test_fast_painn.py).
+round-off; tests/test_fast_painn.py). Measured: a batch-64 attack step 1.4× and a 64-ethanol
+ensemble energy+forces pass 1.5× faster than SchNetPack's forward (benchmarks/attack_cost.py,
+benchmarks/ensemble_inference.py).
 
 Applies to the configuration alflow builds (GaussianRBF/any radial basis, cosine or any
 cutoff, no shared filters, no electronic embeddings); `supports` says whether a module is
