@@ -135,7 +135,16 @@ class TrainingSpec(Strict):
 
 
 # --------------------------------------------------------------------------- samplers
-class MDSampler(Strict):
+class _Sampler(Strict):
+    # Where a sampler's seeds come from: this fraction from the geometries labelled most
+    # recently (the last generation's selections: the edge of what the training set
+    # covers), the rest uniformly from all labelled training geometries. Uniform seeds sit
+    # mostly where data are dense; attacks and MD are local, so frontier seeds let each
+    # generation start where the last one stopped.
+    recent_seed_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class MDSampler(_Sampler):
     kind: Literal["md"] = "md"
     temperature_K: float = Field(300.0, gt=0)
     timestep_fs: float = Field(0.5, gt=0)
@@ -150,7 +159,7 @@ class MDSampler(Strict):
     stop_on: Literal["frame", "atom"] = "frame"  # trust_hi on frame σ_F or on max_i sqrt(u_i)
 
 
-class AdversarialSampler(Strict):
+class AdversarialSampler(_Sampler):
     kind: Literal["adversarial"] = "adversarial"
     # Boltzmann temperature of p(X) in eV per atom, relative to the training minimum.
     # Measured: 0.1 raised sigma_F^2 ~225x on water; <= 0.01 relaxes into the known well;
@@ -167,7 +176,7 @@ class AdversarialSampler(Strict):
     remove_rigid: bool = True
 
 
-class RandomSampler(Strict):
+class RandomSampler(_Sampler):
     kind: Literal["random"] = "random"
     scale: float = Field(0.1, gt=0)
     distribution: Literal["gaussian", "uniform"] = "gaussian"

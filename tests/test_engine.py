@@ -72,13 +72,30 @@ def _check_provenance(url: str, name: str, generations: int) -> None:
                          "AND g.origin <> 'initial'") == 0
 
 
+def _seeds_are_the_previous_selections(url: str, name: str) -> None:
+    """recent_seed_fraction 1: generation g > 0 seeds only from what g-1 selected."""
+    with get_engine(url).connect() as c:
+        gens = c.execute(sa.select(m.Generation.id, m.Generation.idx).join(m.Campaign)
+                         .where(m.Campaign.name == name).order_by(m.Generation.idx)).all()
+        for (prev, _), (gen, _) in zip(gens, gens[1:]):
+            chosen = set(c.execute(sa.select(m.Sample.geometry_id).join(m.SamplingRun).where(
+                m.SamplingRun.generation_id == prev, m.SamplingRun.kind != "initial",
+                m.Sample.selected.is_(True))).scalars())
+            runs = c.execute(sa.select(m.SamplingRun.params).where(
+                m.SamplingRun.generation_id == gen, m.SamplingRun.kind != "initial")).scalars().all()
+            seeds = [g for p in runs for g in p["seed_geometry_ids"]]
+            assert chosen and len(seeds) == 6 and set(seeds) <= chosen, (seeds, chosen)
+
+
 def test_campaign_end_to_end_on_postgres(tmp_path, pg_url):
-    spec = write_spec(tmp_path, "cu_e2e")
+    spec = write_spec(tmp_path, "cu_e2e", samplers=[
+        {"kind": "random", "scale": 0.1, "seeds": 6, "recent_seed_fraction": 1.0}])
     site = write_site(tmp_path)
     out = run_alflow("run", str(spec), "--site", str(site), "--db", pg_url, "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "max_generations reached (2)" in out.stdout
     _check_provenance(pg_url, "cu_e2e", 2)
+    _seeds_are_the_previous_selections(pg_url, "cu_e2e")
 
     q = run_alflow("query", "errors", "-c", "cu_e2e", "--db", pg_url, "-f", "csv", cwd=tmp_path)
     assert q.returncode == 0 and len(q.stdout.strip().splitlines()) == 3

@@ -374,6 +374,21 @@ class CampaignRunner:
                    m.Label.geometry_id.in_(chosen)).order_by(m.Label.id)).all()
         return [(lab, geo, geo.origin) for lab, geo in rows]
 
+    def _recent_label_geometry_ids(self, s: Session) -> set[int]:
+        """Geometries of the latest selection that has been labelled: the frontier of the
+        training set (before any: the initial geometries)."""
+        rows = s.execute(
+            sa.select(m.Generation.idx, m.SamplingRun.kind != "initial", m.Sample.geometry_id)
+            .join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
+            .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
+            .join(m.Label, m.Label.geometry_id == m.Sample.geometry_id)
+            .where(m.Generation.campaign_id == self.campaign_id, m.Sample.selected.is_(True),
+                   m.Label.method_id == self.method_id, m.Label.status == "ok")).all()
+        # generation 0 holds both the initial geometries and its own selections: the
+        # latter are newer
+        latest = max(((idx, sampled) for idx, sampled, _ in rows), default=None)
+        return {gid for idx, sampled, gid in rows if (idx, sampled) == latest}
+
     # ================================================================== 1. label
     def label(self, gen: m.Generation) -> str | None:
         self._emit(step="label", done=0, failed=0)
@@ -638,6 +653,8 @@ class CampaignRunner:
                            m.SamplingRun.kind == "initial", m.Sample.reason == "carved")).all()
                 if frames:
                     seeds_pool = [(g.id, writers.atoms_from_geometry(g), None) for g in frames]
+            recent_ids = self._recent_label_geometry_ids(s)
+            recent = [i for i, (gid, _, _) in enumerate(seeds_pool) if gid in recent_ids]
             done_keys = set(s.scalars(sa.select(m.Task.key).where(
                 m.Task.generation_id == gen.id, m.Task.kind == "sample", m.Task.status == "done")))
             scale = self._calibration_scale(s, gen.id)
@@ -650,7 +667,12 @@ class CampaignRunner:
         futures = {}
         for k, sampler in enumerate(self.spec.samplers):
             n_seeds = sampler.walkers if sampler.kind == "md" else sampler.seeds
-            picks = rng.choice(len(seeds_pool), size=n_seeds, replace=n_seeds > len(seeds_pool))
+            n_recent = round(sampler.recent_seed_fraction * n_seeds) if recent else 0
+            picks = rng.choice(len(seeds_pool), size=n_seeds - n_recent,
+                               replace=n_seeds - n_recent > len(seeds_pool))
+            if n_recent:
+                picks = np.concatenate([rng.choice(recent, size=n_recent, replace=n_recent > len(recent)),
+                                        picks])
             batch = 8 if sampler.kind == "md" else 16
             for b in range(0, len(picks), batch):
                 chosen = [seeds_pool[i] for i in picks[b : b + batch]]
