@@ -129,6 +129,9 @@ class TrainingSpec(Strict):
     )
     val_fraction: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(20, ge=1)
+    # early stopping and LR halving follow the validation loss only from this many
+    # validation frames; below, the training loss
+    min_val_frames: int = Field(5, ge=1)
     bootstrap: bool = False
     warm_start: bool = True
     threads: int = Field(1, ge=1)

@@ -187,6 +187,27 @@ def test_warm_start_keeps_the_field_and_checks_architecture(tmp_path):
                      workdir=tmp_path / "c", init_checkpoint=first.checkpoint)
 
 
+def test_a_tiny_validation_split_does_not_steer_training(tmp_path):
+    """A campaign's first generations hold one or two validation frames: early stopping
+    and LR halving on their loss stop members at a noisy epoch. Below min_val_frames
+    both follow the training loss, so training runs on while the fit improves."""
+    xy = np.c_[np.linspace(-1.0, -0.4, 16), np.linspace(-0.3, 0.3, 16)]
+    energies, forces = double_well_labels(xy)
+    model = ModelSpec(representation="coordinates", coordinates=["x", "y"], n_atom_basis=16,
+                      n_interactions=2)
+    spec = dict(max_epochs=150, batch_size=16, learning_rate=1e-2, patience=8, val_fraction=0.1,
+                energy_weight=1.0, forces_weight=1.0)
+    on_train = train_member(points(xy), energies, forces, None, model, TrainingSpec(**spec),
+                            seed=0, workdir=tmp_path / "t")
+    on_val = train_member(points(xy), energies, forces, None, model,
+                          TrainingSpec(**spec, min_val_frames=1), seed=0, workdir=tmp_path / "v")
+    assert 1 <= on_train.metrics["n_val"] < 5
+    assert on_train.metrics["selected_on"] == "training" and on_val.metrics["selected_on"] == "validation"
+    assert on_val.metrics["stopped_early"] and on_val.metrics["epochs"] < 150
+    assert on_train.metrics["best_epoch"] > on_val.metrics["best_epoch"]
+    assert on_train.metrics["train_loss"] < on_val.metrics["train_loss"]
+
+
 # -------------------------------------------------------------------------- errors / IO
 def test_checkpoint_roundtrip_and_no_schnetpack_form(tmp_path):
     config = {**FIELD, "coordinates": ["x", "y"]}

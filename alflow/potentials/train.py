@@ -15,6 +15,8 @@ Choices, and why:
   stress label]; energies per atom so mixed sizes weigh alike.
 - Early stopping on validation loss with `patience`; the best epoch's weights are kept.
   The learning rate halves when validation loss has not improved for patience/4 epochs.
+  Below `min_val_frames` validation frames both follow the training loss instead: the
+  loss of one or two frames is noise, and a campaign's first generations have no more.
 - Warm start from a previous member: same architecture required; the previous element
   reference is kept (only new elements are fitted), so the warm weights stay meaningful.
 - Members of absolute positions (representation "coordinates") train through the same
@@ -273,6 +275,7 @@ def train_member(
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=0.5, patience=max(1, training.patience // 4)
         )
+        on_val = len(val_idx) >= training.min_val_frames
         best = (math.inf, copy.deepcopy(net.state_dict()), 0)
         bad, epoch, stopped = 0, 0, False
         for epoch in range(1, training.max_epochs + 1):
@@ -286,7 +289,7 @@ def train_member(
                 optimizer.step()
                 train_loss += loss.item() * stats["n_geo"]
                 n_seen += stats["n_geo"]
-            score = _evaluate(core, val_batches, training)["loss"] if val_batches else train_loss / n_seen
+            score = _evaluate(core, val_batches, training)["loss"] if on_val else train_loss / n_seen
             scheduler.step(score)
             if score < best[0]:
                 best, bad = (score, copy.deepcopy(net.state_dict()), epoch), 0
@@ -306,6 +309,7 @@ def train_member(
         metrics.update(
             n_train=len(train_idx), n_val=len(val_idx), n_val_skipped_unknown_element=len(skipped),
             epochs=epoch, best_epoch=best[2], stopped_early=stopped, warm_started=warm,
+            selected_on="validation" if on_val else "training",
             bootstrap=training.bootstrap, seed=int(seed), device=str(dev),
         )
         member.model = net.to("cpu")
