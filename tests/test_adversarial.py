@@ -198,6 +198,12 @@ def test_random_displacements():
     assert d.std() == pytest.approx(0.1, rel=0.05) and abs(d.mean()) < 0.01
     frac = g[3].atoms.get_scaled_positions(wrap=False)
     assert np.all((frac >= 0) & (frac < 1))  # periodic: wrapped
+    # along the axes a field model sees only: same draws, z left alone
+    flat = random_displacements([water], RandomSampler(scale=0.1), rng_seed=5, per_seed=3,
+                                axes=(True, True, False))
+    for a, b in zip(flat, g):
+        np.testing.assert_array_equal(a.atoms.positions[:, 2], water.positions[:, 2])
+        np.testing.assert_array_equal(a.atoms.positions[:, :2], b.atoms.positions[:, :2])
     uni = random_displacements([molecule("C60")] * 10, RandomSampler(scale=0.2, distribution="uniform"), rng_seed=2)
     du = np.concatenate([c.atoms.positions - molecule("C60").positions for c in uni])
     assert np.abs(du).max() <= 0.2 and du.std() == pytest.approx(0.2 / np.sqrt(3), rel=0.05)

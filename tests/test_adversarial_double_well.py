@@ -66,3 +66,5 @@ def test_attacks_from_the_deep_well_climb_toward_the_barrier(deep_well_ensemble)
     assert len(escaped) >= 2 and np.all(escaped > 0), dx  # measured: 3 of 8, all +x
     x_new = np.array([c.atoms.positions[0, 0] for c in cands])
     assert x_new.max() > -0.3 and x_new.min() > -1.2
+    # the members see x, y only: no attack moves z (it would only use up the clamp)
+    assert all(c.atoms.positions[0, 2] == 0.0 for c in cands)

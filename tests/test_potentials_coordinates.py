@@ -73,6 +73,7 @@ def test_forces_are_minus_energy_gradient(axes):
         assert np.abs(fd).max() > 1e-2
         if "z" not in axes:
             assert np.all(out["forces_members"][b][..., 2] == 0.0)  # the model never sees z
+    assert ens.active_axes.tolist() == [a in axes for a in "xyz"]
     # independent particles: a geometry's energy is the sum of its atoms' energies
     parts = [Atoms(a.symbol, positions=[a.position]) for a in batch[0]]
     assert out["energy"][0] == pytest.approx(ens.predict(parts)["energy"].sum(), abs=1e-10)

@@ -182,7 +182,8 @@ def sample_app(kind: str, sampler: dict, checkpoints: list[str], sha256s: list[s
         from alflow.sampling.random_displacement import random_displacements
         from alflow.spec import RandomSampler
 
-        candidates = random_displacements(seeds, RandomSampler(**sampler), rng_seed=rng_seed)
+        candidates = random_displacements(seeds, RandomSampler(**sampler), rng_seed=rng_seed,
+                                          axes=ens.active_axes)
     elif kind == "adversarial":
         from alflow.sampling.adversarial import attack
         from alflow.spec import AdversarialSampler

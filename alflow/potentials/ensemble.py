@@ -90,6 +90,9 @@ class Ensemble:
                 f"ensemble (representations {names})"
             )
         self.uses_positions = kinds.pop()
+        # axes any member's energy depends on: displacing along the others changes nothing
+        # the ensemble (or an analytic oracle of the same coordinates) can see
+        self.active_axes = np.logical_or.reduce([m.axes for m in self.members])
         self.device = resolve_device(device)
         self.dtype = dtype
         # neighbour-list cutoff; None when the members need no neighbour list

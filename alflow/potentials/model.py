@@ -181,6 +181,13 @@ class Member:
     def architecture(self) -> dict[str, Any]:
         return architecture(self.config["model"])
 
+    @property
+    def axes(self) -> np.ndarray:
+        """(3,) bool: the Cartesian axes the energy depends on (all three for pair
+        models; a field model sees only its `coordinates`)."""
+        seen = architecture(self.config["model"]).get("coordinates", AXES)
+        return np.array([a in seen for a in AXES])
+
     def core(self) -> nn.Module:
         """The energy network, sharing this member's parameters: an `EnergyCore` of pair
         vectors, or the `CoordinateField` itself (`core.uses_positions` tells which)."""

@@ -21,7 +21,8 @@ seeds and along a path, whereas Adam on log L behaves the same for every seed. T
 paper's objective is L itself; Adam is nearly invariant to a slowly varying gradient
 scale, so the paths stay close where L does not underflow.
 
-Algorithm (per seed, all seeds in one ensemble pass per step): δ₀ ~ N(0, init_std²);
+Algorithm (per seed, all seeds in one ensemble pass per step): δ₀ ~ N(0, init_std²)
+(along the ensemble's `active_axes` only: all three except for field models of fewer);
 `steps` Adam steps (lr = `learning_rate`) on −log L; after each step remove δ's rigid
 translation and (non-periodic, ≥ 2 atoms) linearised rigid rotation about the seed (the
 loss is invariant to them, so they would only waste the displacement budget; a single atom
@@ -158,8 +159,11 @@ def attack(
         return []
     e_min, log_q = log_partition(train_energies_per_atom, settings.kT_eV)
     rng = np.random.default_rng(rng_seed)
-    # draw every attack's δ₀ up front: results do not depend on batch_size
-    deltas0 = [rng.normal(0.0, settings.init_std, (len(s), 3)) for _, s in jobs]
+    # draw every attack's δ₀ up front: results do not depend on batch_size. Only along
+    # the axes the ensemble sees: δ elsewhere gets no gradient, yet would use up the clamp
+    # and make two attacks that reached the same point look like different structures
+    axes = np.asarray(ensemble.active_axes, dtype=float)
+    deltas0 = [rng.normal(0.0, settings.init_std, (len(s), 3)) * axes for _, s in jobs]
     size = len(jobs) if batch_size is None else max(1, int(batch_size))
     out: list[Candidate] = []
     for b in range(0, len(jobs), size):

@@ -18,10 +18,14 @@ from alflow.spec import RandomSampler
 
 
 def random_displacements(
-    seeds: Sequence[Atoms], settings: RandomSampler, *, rng_seed: int, per_seed: int = 1
+    seeds: Sequence[Atoms], settings: RandomSampler, *, rng_seed: int, per_seed: int = 1,
+    axes: Sequence[bool] = (True, True, True),
 ) -> list[Candidate]:
-    """`per_seed` displaced copies of every seed (relation "random", parent = seed index)."""
+    """`per_seed` displaced copies of every seed (relation "random", parent = seed index),
+    displaced along `axes` only (an ensemble's `active_axes`: a field model of x, y sees
+    no z, so a z displacement is no new structure for it)."""
     rng = np.random.default_rng(rng_seed)
+    mask = np.asarray(axes, dtype=float)
     out: list[Candidate] = []
     for k, seed in enumerate(seeds):
         for r in range(per_seed):
@@ -30,6 +34,7 @@ def random_displacements(
                 d = rng.normal(0.0, settings.scale, shape)
             else:
                 d = rng.uniform(-settings.scale, settings.scale, shape)
+            d = d * mask
             a = seed.copy()
             a.calc = None
             a.positions = seed.positions + d
