@@ -364,14 +364,16 @@ class CampaignRunner:
 
     def _campaign_labels(self, s: Session) -> list[tuple[m.Label, m.Geometry, str]]:
         """Every successful label of a geometry this campaign chose to label, with its
-        geometry and origin sampler."""
+        geometry and origin sampler, in content-hash order: label ids follow the order in
+        which oracle tasks finished, and seeds and training batches drawn from this list
+        must not, or one campaign seed gives different campaigns."""
         chosen = (sa.select(m.Sample.geometry_id).join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
                   .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
                   .where(m.Generation.campaign_id == self.campaign_id, m.Sample.selected.is_(True)))
         rows = s.execute(
             sa.select(m.Label, m.Geometry).join(m.Geometry, m.Geometry.id == m.Label.geometry_id)
             .where(m.Label.method_id == self.method_id, m.Label.status == "ok",
-                   m.Label.geometry_id.in_(chosen)).order_by(m.Label.id)).all()
+                   m.Label.geometry_id.in_(chosen)).order_by(m.Geometry.content_hash)).all()
         return [(lab, geo, geo.origin) for lab, geo in rows]
 
     def _recent_label_geometry_ids(self, s: Session) -> set[int]:
