@@ -1,5 +1,5 @@
 # `make demo` and `make test` create .venv (Python >= 3.12) on first use.
-.PHONY: demo test env bench clean
+.PHONY: demo test lint env bench clean
 
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
@@ -14,6 +14,9 @@ demo: env
 test: env
 	@scripts/ensure_postgres.sh
 	$(PY) -m pytest -q
+
+lint: env
+	.venv/bin/ruff check .
 
 bench: env
 	$(PY) benchmarks/db_write.py

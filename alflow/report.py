@@ -89,7 +89,7 @@ def _utc(value: Any) -> dt.datetime | None:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
 
 
@@ -396,7 +396,7 @@ def fig_learning_curves(data: Data) -> Fig | None:
         for r, (key, label) in enumerate(present):
             gens = sorted(gi for gi, e in data.errors.items() if e.get(key) is not None)
             ys = [float(data.errors[gi][key]) for gi in gens]
-            for c, (xkey, xlabel, mapping) in enumerate(xs):
+            for c, (_xkey, xlabel, mapping) in enumerate(xs):
                 ax = axes[r][c]
                 x = [gi if mapping is None else mapping.get(gi, np.nan) for gi in gens]
                 ax.plot(x, ys, marker="o", color="#0072b2", lw=1.6, ms=5)
@@ -967,7 +967,7 @@ def _page(data: Data, figs: dict[str, Fig], util: dict[str, Any], missing: list[
             ("alflow version (report)", __version__), ("site", c["site"] or "–"),
             ("created (UTC)", _fmt(c["created_at"])), ("updated (UTC)", _fmt(c["updated_at"])),
             ("generations", str(len(data.generations))),
-            ("report generated (UTC)", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))]
+            ("report generated (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"))]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',

@@ -105,7 +105,7 @@ class ModelSpec(Strict):
         return tuple(sorted(value, key="xyz".index))  # input order is part of the weights
 
     @model_validator(mode="after")
-    def _coordinates_need_field_model(self) -> "ModelSpec":
+    def _coordinates_need_field_model(self) -> ModelSpec:
         if self.representation != "coordinates" and self.coordinates != ("x", "y", "z"):
             raise ValueError(
                 f"coordinates is used only by representation 'coordinates', "
@@ -220,7 +220,7 @@ class SelectionSpec(Strict):
     strategy: Literal["random", "farthest_point"] = "farthest_point"
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SelectionSpec":
+    def _ordered(self) -> SelectionSpec:
         if self.trust_lo >= self.trust_hi:
             raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi})")
         if self.thresholds == "percentile" and self.trust_hi > 100:
@@ -298,7 +298,7 @@ class CampaignSpec(Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _carving_radius(self) -> "CampaignSpec":
+    def _carving_radius(self) -> CampaignSpec:
         radius = self.carving.radius
         if self.carving.enabled and radius is not None and radius < self.model.cutoff:
             # a carved cluster must hold the uncertain atom's whole model environment

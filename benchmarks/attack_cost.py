@@ -81,7 +81,7 @@ def main() -> None:
     print(f"{'batch':>6}{'s/attack call':>16}{'ms/step':>10}{'seed*steps/s':>15}")
     per_call = {}
     for b in (1, 8, 64):
-        sec = median_time(lambda: run(seeds[:b]), args.repeats)
+        sec = median_time(lambda b=b: run(seeds[:b]), args.repeats)
         per_call[b] = sec
         print(f"{b:>6}{sec:>16.3f}{sec / args.steps * 1e3:>10.1f}{b * args.steps / sec:>15.1f}")
 
@@ -100,7 +100,7 @@ def main() -> None:
                                 energy_scale=0.01) for k in range(args.members)], device="cpu")
     md = MDSampler(steps=args.md_steps, save_every=10_000, temperature_K=300, bond_guard=10.0, min_distance=0.1)
     for w in (1, 8, 64):
-        def walk():
+        def walk(w=w):
             res = run_md(soft, seeds[:w], md, trust_hi=np.inf, rng_seed=0, energy_blowup_per_atom=1e9)
             assert all(r["steps"] == args.md_steps for r in res.walkers), [r["stop_reason"] for r in res.walkers]
         sec = median_time(walk, 1)

@@ -20,11 +20,11 @@ from ase import Atoms
 from ase.build import molecule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _db import scratch_database  # noqa: E402
+from _db import scratch_database
 
-from alflow.db import writers  # noqa: E402
-from alflow.db.models import Geometry, Label  # noqa: E402
-from alflow.db.session import get_engine, session_factory  # noqa: E402
+from alflow.db import writers
+from alflow.db.models import Geometry, Label
+from alflow.db.session import get_engine, session_factory
 
 TARGET_PG_ETHANOL = 10_000.0  # labels/s
 

@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from engine_helpers import write_site, write_spec  # noqa: E402
+from engine_helpers import write_site, write_spec
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from alflow.db import models as m  # noqa: E402
-from alflow.db.session import get_engine, upgrade  # noqa: E402
-from alflow.engine.campaign import CampaignRunner, create_campaign, run_with_parsl  # noqa: E402
-from alflow.engine.sites import load_site, to_parsl_config  # noqa: E402
-from alflow.spec import load_spec  # noqa: E402
+from alflow.db import models as m
+from alflow.db.session import get_engine, upgrade
+from alflow.engine.campaign import CampaignRunner, create_campaign, run_with_parsl
+from alflow.engine.sites import load_site, to_parsl_config
+from alflow.spec import load_spec
 
 
 def noop(x):
@@ -55,7 +55,7 @@ def raw_htex(site_path: Path, run_dir: Path, n: int) -> float:
 
 def ts(d) -> float:
     """Epoch seconds of a stored timestamp (SQLite returns naive UTC datetimes)."""
-    return (d if d.tzinfo else d.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    return (d if d.tzinfo else d.replace(tzinfo=datetime.UTC)).timestamp()
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:

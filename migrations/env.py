@@ -5,7 +5,6 @@ the Alembic config (set by `alflow db upgrade`), else `-x url=`, else ALFLOW_DB_
 """
 
 from alembic import context
-from sqlalchemy import LargeBinary
 
 from alflow.db.models import Base
 from alflow.db.session import get_engine, resolve_url

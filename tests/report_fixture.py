@@ -35,7 +35,7 @@ from alflow.db import models as m
 from alflow.db import writers
 from alflow.db.session import get_engine
 
-T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 ORACLE_WORKERS = 2
 LABEL_BATCH = 4
 TRUST_LO, TRUST_HI = 0.05, 0.5

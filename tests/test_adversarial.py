@@ -25,7 +25,7 @@ from alflow.sampling.adversarial import attack, log_loss, log_partition
 from alflow.sampling.random_displacement import random_displacements
 from alflow.spec import AdversarialSampler, RandomSampler
 
-from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
+from ensemble_helpers import TINY, random_ensemble, rattled
 
 torch.set_num_threads(1)
 
@@ -166,7 +166,7 @@ def test_best_point_along_the_path_is_kept(water):
     e_min, log_q = log_partition(e_pa, cold.kT_eV)
     kept_best = [c for c in cands if c.info["kept"] == "best"]
     assert kept_best, "Adam overshoots near a maximum: some path point beats the last"  # measured 7/8
-    for c, s in zip(cands, seeds):
+    for c in cands:
         assert c.info["log_loss"] >= c.info["log_loss_last"]
         pos = torch.tensor(c.atoms.positions)
         again = log_loss(ens, [c.atoms], pos, kT=cold.kT_eV, e_min=e_min, log_q=log_q, create_graph=False)

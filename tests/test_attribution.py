@@ -24,7 +24,7 @@ from alflow.potentials.train import train_member
 from alflow.sampling.attribution import attribute, attribute_batch, uncertain_atoms
 from alflow.spec import ModelSpec, TrainingSpec
 
-from ensemble_helpers import TINY, random_ensemble, rattled  # noqa: F401
+from ensemble_helpers import TINY, random_ensemble, rattled
 
 torch.set_num_threads(1)
 

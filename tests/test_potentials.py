@@ -33,7 +33,7 @@ from alflow.potentials.split import in_validation, split_indices
 from alflow.potentials.train import fit_energy_reference, train_member
 from alflow.spec import ModelSpec, TrainingSpec
 
-from ensemble_helpers import finite_difference_forces  # noqa: E402
+from ensemble_helpers import finite_difference_forces
 
 torch.set_num_threads(1)
 

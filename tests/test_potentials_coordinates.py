@@ -27,7 +27,7 @@ from alflow.potentials.model import UnknownElementError, new_member
 from alflow.potentials.train import train_member
 from alflow.spec import ModelSpec, TrainingSpec
 
-from ensemble_helpers import finite_difference_forces  # noqa: E402
+from ensemble_helpers import finite_difference_forces
 
 torch.set_num_threads(1)
 

@@ -127,7 +127,7 @@ def _timed_campaign(url: str, resources: dict | None) -> None:
     """Label tasks with hand-checkable times: generation 0 submitted at t=0, tasks running
     [1, 5], [1, 3], [3, 5] s (2 at a time), labels of 1.5 s each; generation 1 submitted at
     t=100, one task [101, 103] with one label of 1 s; one failed task with no start."""
-    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     at = lambda s: t0 + dt.timedelta(seconds=s)  # noqa: E731
     with Session(get_engine(url)) as s, s.begin():
         camp = m.Campaign(name="timed", spec={}, spec_sha256="0" * 64, alflow_version="t")

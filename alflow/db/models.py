@@ -89,7 +89,7 @@ class Campaign(Base):
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    generations: Mapped[list["Generation"]] = relationship(back_populates="campaign")
+    generations: Mapped[list[Generation]] = relationship(back_populates="campaign")
 
 
 class Generation(Base):

@@ -42,7 +42,7 @@ def warm_up(role: str, oracle_spec: dict | None = None) -> dict:
     if role == "oracle" and oracle_spec is not None:
         _oracle(oracle_spec)
     elif role in ("train", "sample"):
-        import alflow.potentials.ensemble  # noqa: F401  (torch + SchNetPack)
+        import alflow.potentials.ensemble
         import alflow.potentials.train  # noqa: F401
     return {"started": started, "finished": time.time(), **_where()}
 

@@ -39,11 +39,11 @@ STATES = ("label", "train", "evaluate", "validate", "sample", "select", "done")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _ts(epoch: float | None) -> dt.datetime | None:
-    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
 def _key(*parts: Any) -> str:
@@ -563,9 +563,9 @@ class CampaignRunner:
         if n_test:
             key = _key("evaluate", gen.id, shas)
             task_id, fut = self._submit("evaluate", gen, key, "sample", None, paths, shas, str(test_file))
-            for fut, _, result, exc in self._wait({fut: None}):
+            for done, _, result, exc in self._wait({fut: None}):
                 with self.Session.begin() as s:
-                    self._finish_task(s, task_id, fut, result, exc)
+                    self._finish_task(s, task_id, done, result, exc)
                     if result is not None:
                         self._record_eval(s, gen, result, model_ids)
         self._set_state(gen.id, "validate")
@@ -595,9 +595,9 @@ class CampaignRunner:
             task_id, fut = self._submit("validate", gen, key, "sample", None, paths, shas, starts,
                                         settings, str(self.workdir / "validation-reference"),
                                         self.spec.seed)
-            for fut, _, result, exc in self._wait({fut: None}):
+            for done, _, result, exc in self._wait({fut: None}):
                 with self.Session.begin() as s:
-                    self._finish_task(s, task_id, fut, result, exc)
+                    self._finish_task(s, task_id, done, result, exc)
                     if result is not None:
                         self._record_validation(s, gen, result)
         self._set_state(gen.id, "sample")

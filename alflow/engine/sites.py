@@ -171,7 +171,7 @@ def _visible_gpus() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # torch missing or CUDA broken: a CPU site
+    except Exception:  # noqa: BLE001 - torch missing or CUDA broken: a CPU site
         return []
 
 

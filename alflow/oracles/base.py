@@ -138,10 +138,10 @@ class Oracle(ABC):
         record a generation of identical failures."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most oracles hold nothing
         """Release a worker process, if the oracle has one."""
 
-    def __enter__(self) -> "Oracle":
+    def __enter__(self) -> Oracle:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -230,7 +230,7 @@ def _serve(conn, parent_end, fn: Callable[[Any], Any]) -> None:
         cpu1 = _rusage_cpu()
         try:
             conn.send((*reply, cpu1 - cpu0, cpu1))
-        except Exception as exc:  # e.g. an unpicklable result
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
             conn.send(("error", f"cannot return the result: {exc!r}", cpu1 - cpu0, cpu1))
 
 
@@ -334,7 +334,7 @@ class ForkWorker:
     def __del__(self) -> None:
         try:
             self._stop()
-        except Exception:
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
             pass
 
 

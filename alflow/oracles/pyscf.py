@@ -179,11 +179,11 @@ class PySCFLabeler(Oracle):
     def __init__(self, settings: PySCFOracle):
         super().__init__(settings)
         # Import what the child needs now, so the fork inherits it instead of paying again.
-        import pyscf  # noqa: F401
-        import pyscf.df  # noqa: F401
-        import pyscf.dft  # noqa: F401
-        import pyscf.grad  # noqa: F401
-        import pyscf.scf  # noqa: F401
+        import pyscf
+        import pyscf.df
+        import pyscf.dft
+        import pyscf.grad
+        import pyscf.scf
         import pyscf.soscf  # noqa: F401
 
         self._worker = ForkWorker(_run_job)

@@ -110,7 +110,7 @@ def load_member(path: str | Path, sha256: str | None = None, map_location: str =
     verify(path, sha256)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is "not a checkpoint"
+    except Exception as exc:
         raise CheckpointError(f"{path}: not a readable alflow checkpoint ({exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != MEMBER_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

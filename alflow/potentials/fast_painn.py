@@ -66,7 +66,7 @@ def painn_representation(
         x = interaction.interatomic_context_net(q)  # (N, 1, 3F): parts for q, for r̂_ij, for μ_j
         w = weight[:, 3 * f * t : 3 * f * (t + 1)]
 
-        def message(k: int) -> torch.Tensor:
+        def message(k: int, w=w, x=x) -> torch.Tensor:
             """Part k of W_ij ∘ x_j (P, 1, F); split per atom, not per pair (no pair-sized cat)."""
             w_ij = basis @ w[:, k * f : (k + 1) * f]
             # index_select: its backward is index_add, cheaper than index_put's

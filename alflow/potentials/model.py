@@ -79,7 +79,7 @@ class CoordinateField(nn.Module):
         layers.append(nn.Linear(n_in, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, positions, numbers, idx_m, n_atoms):  # noqa: D102 - same layout as EnergyCore
+    def forward(self, positions, numbers, idx_m, n_atoms):
         per_atom = self.net(positions[..., self.axes]).squeeze(-1)
         return per_atom.new_zeros(n_atoms.shape[0]).index_add(0, idx_m, per_atom)
 
@@ -134,7 +134,7 @@ class EnergyCore(nn.Module):
         self.fast = fast and fast_painn.supports(representation)
         self._fast_representation = fast_painn.painn_representation
 
-    def forward(self, rij, numbers, idx_i, idx_j, idx_m, n_atoms):  # noqa: D102
+    def forward(self, rij, numbers, idx_i, idx_j, idx_m, n_atoms):
         inputs = {
             "_atomic_numbers": numbers, "_Rij": rij, "_idx_i": idx_i, "_idx_j": idx_j,
             "_idx_m": idx_m, "_n_atoms": n_atoms,

@@ -1,10 +1,10 @@
 """initial schema: provenance tables and the v1 views
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-24 15:36:18.951684
 """
-from typing import Sequence, Union
+from typing import Sequence
 
 from alembic import op
 import sqlalchemy as sa
@@ -13,9 +13,9 @@ from sqlalchemy.dialects import postgresql
 from alflow.db.views import VIEWS_V1, create_views, drop_views
 
 revision: str = '0001'
-down_revision: Union[str, None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -54,7 +54,7 @@ class SlurmCluster:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def start(cls, directory: str | Path | None = None, timeout: float = 600) -> "SlurmCluster":
+    def start(cls, directory: str | Path | None = None, timeout: float = 600) -> SlurmCluster:
         """Start a cluster in `directory` (default: a new short /tmp dir, since munged's
         socket path must stay under ~100 characters)."""
         directory = Path(directory or tempfile.mkdtemp(prefix="alflow-slurm-"))
