@@ -229,7 +229,8 @@ def _live_display():
 
 
 def _run_campaign(name: str, url: str, site: str | None, quiet: bool) -> None:
-    from alflow.engine.campaign import campaign_summary, run_campaign
+    from alflow.engine.campaign import run_campaign
+    from alflow.engine.summary import campaign_summary
 
     try:
         with user_errors():
@@ -273,7 +274,8 @@ def run(
     from pathlib import Path
 
     from alflow.db import session
-    from alflow.engine.campaign import create_campaign, preflight
+    from alflow.engine.create import create_campaign
+    from alflow.engine.preflight import preflight
     from alflow.engine.sites import check_feasibility, load_site
     from alflow.errors import InputError
     from alflow.spec import load_spec
@@ -316,7 +318,7 @@ def status(name: str | None = typer.Argument(None, help="Campaign name (default:
     from alflow.db.models import Campaign
     from alflow.db.queries import require_schema
     from alflow.db.session import get_engine
-    from alflow.engine.campaign import campaign_summary
+    from alflow.engine.summary import campaign_summary
 
     with user_errors():
         url = require_schema(db)

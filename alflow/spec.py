@@ -147,19 +147,25 @@ class _Sampler(Strict):
     recent_seed_fraction: float = Field(0.0, ge=0, le=1)
 
 
-class MDSampler(_Sampler):
-    kind: Literal["md"] = "md"
+class MDSettings(Strict):
+    """How an MD walker runs and when it stops (`alflow.sampling.md.run_md`): the one
+    settings object of alflow's MD, for NN-MD sampling, validation and reference runs."""
+
     temperature_K: float = Field(300.0, gt=0)
     timestep_fs: float = Field(0.5, gt=0)
     friction_per_fs: float = Field(0.01, ge=0, description="0: NVE")
     steps: int = Field(500, ge=1)
-    walkers: int = Field(4, ge=1)
     save_every: int = Field(10, ge=1)
     min_distance: float = Field(0.6, gt=0)
     bond_guard: float = Field(0.5, gt=0)
     bond_tolerance: float = Field(1.2, gt=0, description="bonded: d < tol·(r_cov,i + r_cov,j)")
     energy_blowup_per_atom: float = Field(1.0, gt=0, description="eV/atom above the seed")
     stop_on: Literal["frame", "atom"] = "frame"  # trust_hi on frame σ_F or on max_i sqrt(u_i)
+
+
+class MDSampler(_Sampler, MDSettings):
+    kind: Literal["md"] = "md"
+    walkers: int = Field(4, ge=1)
 
 
 class AdversarialSampler(_Sampler):
@@ -296,6 +302,10 @@ class CampaignSpec(Strict):
     validation: ValidationSpec = ValidationSpec()
     site: str = "local"
     seed: int = 0
+    # per role, seconds: overrides the site's task_time_limit_s (a task past it is recorded
+    # as timed out and retried by the site's retry policy)
+    task_time_limit_s: dict[Literal["oracle", "train", "sample"], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict)
 
     @model_validator(mode="after")
     def _carving_radius(self) -> CampaignSpec:

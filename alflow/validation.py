@@ -3,94 +3,63 @@
 A potential with a small held-out force error can still fall apart in MD or get the
 structure wrong. Two numbers per generation say whether it does:
 
-- **stability time**: NN-MD from a fixed start at a fixed temperature runs until the first
-  frame where a bonded distance deviates more than `bond_guard` Å from its reference length,
-  or two atoms come closer than `min_distance` Å (or the steps run out);
+- **stability time**: NN-MD with the ensemble mean from fixed starts at a fixed temperature
+  runs until the first frame where a bond deviates more than `bond_guard` Å from its start
+  length, two atoms come closer than `min_distance` Å, or the energy blows up (or the
+  steps run out): `alflow.sampling.md.run_md`'s physical stops;
 - **h(r) error**: the mean absolute difference, over bins, between the interatomic distance
   distribution h(r) (molecules) or the radial distribution function (periodic cells) of the
-  NN-MD trajectory and of a reference trajectory run once with a trustworthy calculator.
+  NN-MD trajectory and of a reference trajectory from the same start, run once with a
+  trustworthy ASE calculator and cached by content.
 
-Pure science: ASE calculators and Atoms in, numbers and arrays out.
+Both trajectories come from the one MD of alflow (`run_md`), the reference through
+`CalculatorModel`. Pure science: a model, Atoms and settings in, a `ValidationReport` out.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from ase import Atoms, units
-from ase.data import covalent_radii
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
-from ase.neighborlist import neighbor_list
+from ase import Atoms
+
+from alflow.geometry import atoms_hash
+from alflow.sampling.md import MDResult, run_md
+from alflow.spec import MDSettings, ValidationSpec
+
+RECORD_EVERY = 10  # steps between frames kept for h(r)
+ENERGY_BLOWUP_PER_ATOM = 5.0  # eV/atom above the start: the dynamics has blown up
 
 
-@dataclass
-class Trajectory:
-    positions: np.ndarray  # (frames, n, 3) recorded every `record_every` steps, stable part only
-    times_fs: np.ndarray  # (frames,)
-    stability_time_fs: float  # time of the first broken frame, or the full length if none
-    stopped: str  # "bond", "min_distance", "energy" or "completed"
+def md_settings(v: ValidationSpec) -> MDSettings:
+    """The MD a validation runs: Langevin at the validation temperature, no trust limit."""
+    return MDSettings(temperature_K=v.temperature_K, timestep_fs=v.timestep_fs, steps=v.steps,
+                      friction_per_fs=0.01, save_every=RECORD_EVERY, min_distance=v.min_distance,
+                      bond_guard=v.bond_guard, energy_blowup_per_atom=ENERGY_BLOWUP_PER_ATOM)
 
 
-def bonded_pairs(atoms: Atoms, tolerance: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, d0): pairs closer than tolerance·(r_cov,i + r_cov,j) and their distances."""
-    cutoffs = tolerance * covalent_radii[atoms.numbers]
-    i, j, d = neighbor_list("ijd", atoms, cutoffs)
-    keep = i < j
-    return i[keep], j[keep], d[keep]
+@dataclass(frozen=True)
+class StartReport:
+    """One validation start: how long it stayed intact, why it stopped, and h(r)."""
+
+    stability_time_fs: float
+    stopped: str  # a `run_md` stop reason
+    frames: int
+    hr_error: float | None
+    h_model: tuple[float, ...] | None = None
+    h_ref: tuple[float, ...] | None = None
 
 
-def _broken(atoms: Atoms, pairs, bond_guard: float, min_distance: float) -> str | None:
-    i, j, d0 = pairs
-    if len(i):
-        d = _pair_d(atoms, i, j)
-        if np.any(np.abs(d - d0) > bond_guard):
-            return "bond"
-    close = neighbor_list("d", atoms, min_distance)
-    if len(close):
-        return "min_distance"
-    return None
-
-
-def _pair_d(atoms: Atoms, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    vec = atoms.positions[j] - atoms.positions[i]
-    if atoms.pbc.any():
-        from ase.geometry import find_mic
-
-        vec, _ = find_mic(vec, atoms.cell, atoms.pbc)
-    return np.linalg.norm(vec, axis=1)
-
-
-def run_md(calc, start: Atoms, *, temperature_K: float, timestep_fs: float, steps: int,
-           friction_per_fs: float = 0.01, record_every: int = 10, bond_guard: float = 0.5,
-           min_distance: float = 0.6, rng_seed: int = 0) -> Trajectory:
-    """Langevin MD with `calc` from `start`, stopped at the first physically broken frame."""
-    atoms = start.copy()
-    atoms.calc = calc
-    rng = np.random.default_rng(rng_seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
-    dyn = Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
-                   friction=friction_per_fs / units.fs, rng=rng)
-    pairs = bonded_pairs(start)
-    e0 = atoms.get_potential_energy()
-    frames, times = [atoms.positions.copy()], [0.0]
-    stopped, t_stop = "completed", steps * timestep_fs
-    for step in range(1, steps + 1):
-        dyn.run(1)
-        reason = _broken(atoms, pairs, bond_guard, min_distance)
-        if reason is None and abs(atoms.get_potential_energy() - e0) > 5.0 * len(atoms):
-            reason = "energy"  # 5 eV/atom above the start: the dynamics has blown up
-        if reason is not None:
-            stopped, t_stop = reason, step * timestep_fs
-            break
-        if step % record_every == 0:
-            frames.append(atoms.positions.copy())
-            times.append(step * timestep_fs)
-    return Trajectory(np.array(frames), np.array(times), float(t_stop), stopped)
+@dataclass(frozen=True)
+class ValidationReport:
+    stability_time_fs: float  # mean over starts
+    hr_error: float | None  # mean over starts with a reference
+    starts: tuple[StartReport, ...]
 
 
 def distance_distribution(atoms: Atoms, positions: np.ndarray, *, r_max: float = 6.0,
@@ -117,19 +86,65 @@ def hr_error(h_model: np.ndarray, h_ref: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(h_model) - np.asarray(h_ref))))
 
 
-def miscalibration_area(residuals: np.ndarray, sigma: np.ndarray, n_levels: int = 99) -> float:
-    """Area between the observed and ideal calibration curves (Tran et al. 2020): for each
-    level p, the fraction of residuals inside the central Gaussian p-interval ±z·σ,
-    compared with p. 0 is perfectly calibrated; 0.5 is the worst possible."""
-    from scipy.stats import norm
+def stable_positions(start: Atoms, result: MDResult, walker: int) -> np.ndarray:
+    """(frames, n, 3): the start and the walker's recorded frames before it broke."""
+    frames = sorted(result.frames_of(walker), key=lambda c: c.step)
+    return np.array([start.positions, *(c.atoms.positions for c in frames)])
 
-    r = np.abs(np.asarray(residuals, float).ravel())
-    s = np.asarray(sigma, float).ravel()
-    ok = np.isfinite(r) & np.isfinite(s) & (s > 0)
-    if not ok.any():
-        return float("nan")
-    r, s = r[ok], s[ok]
-    levels = np.linspace(0.01, 0.99, n_levels)
-    z = norm.ppf(0.5 + levels / 2)
-    observed = np.array([np.mean(r <= zz * s) for zz in z])
-    return float(np.mean(np.abs(observed - levels)))
+
+def _walker_seed(rng_seed: int, k: int) -> int:
+    return int(np.random.SeedSequence([rng_seed, k]).generate_state(1)[0])
+
+
+def reference_positions(start: Atoms, settings: ValidationSpec, *, rng_seed: int,
+                        cache_dir: str | Path | None) -> np.ndarray:
+    """The reference trajectory's stable frames from `start` (computed once per start,
+    settings and seed, and cached as `<sha256>.npz` in `cache_dir`)."""
+    from alflow.oracles.ase_calc import build_calculator
+    from alflow.potentials.calculator import CalculatorModel
+
+    md = md_settings(settings)
+    key = hashlib.sha256(json.dumps(
+        [atoms_hash(start), md.model_dump(mode="json"), settings.reference,
+         settings.reference_settings, rng_seed], sort_keys=True, default=str).encode()).hexdigest()
+    cache = None if cache_dir is None else Path(cache_dir) / f"{key}.npz"
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            return z["positions"]
+    model = CalculatorModel(lambda a: build_calculator(settings.reference, settings.reference_settings, a))
+    positions = stable_positions(start, run_md(model, [start], md, rng_seed=rng_seed), 0)
+    if cache is not None:
+        os.makedirs(cache.parent, exist_ok=True)
+        tmp = cache.with_name(f".{key}.{os.getpid()}.npz")
+        np.savez(tmp, positions=positions)
+        os.replace(tmp, cache)
+    return positions
+
+
+def validate(model, starts: Sequence[Atoms], settings: ValidationSpec, *, rng_seed: int,
+             cache_dir: str | Path | None = None) -> ValidationReport:
+    """NN-MD from every start in one batch, its stability time, and (with
+    `settings.reference`, an ASE calculator name) the h(r) error against the reference."""
+    starts = list(starts)
+    if not starts:
+        raise ValueError("validation needs at least one start geometry")
+    md = md_settings(settings)
+    result = run_md(model, starts, md, rng_seed=rng_seed)
+    reports = []
+    for k, (start, walker) in enumerate(zip(starts, result.walkers, strict=True)):
+        traj = stable_positions(start, result, k)
+        entry = {"stability_time_fs": walker.stability_time_fs(md.timestep_fs, md.steps),
+                 "stopped": walker.stop_reason, "frames": int(len(traj)), "hr_error": None}
+        if settings.reference:
+            ref = reference_positions(start, settings, rng_seed=_walker_seed(rng_seed, k),
+                                      cache_dir=cache_dir)
+            grid = {"r_max": settings.r_max, "bins": settings.bins}
+            h_model = distance_distribution(start, traj, **grid)
+            h_ref = distance_distribution(start, ref, **grid)
+            entry.update(hr_error=hr_error(h_model, h_ref), h_model=tuple(h_model.tolist()),
+                         h_ref=tuple(h_ref.tolist()))
+        reports.append(StartReport(**entry))
+    errs = [r.hr_error for r in reports if r.hr_error is not None]
+    return ValidationReport(
+        stability_time_fs=float(np.mean([r.stability_time_fs for r in reports])),
+        hr_error=float(np.mean(errs)) if errs else None, starts=tuple(reports))

@@ -9,8 +9,8 @@ from typing import Callable
 import yaml
 
 from alflow.db.session import upgrade
-from alflow.engine.campaign import CampaignRunner, create_campaign, run_with_parsl
-from alflow.engine.sites import load_site
+from alflow.engine.campaign import run_campaign
+from alflow.engine.create import create_campaign
 from alflow.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,5 +31,5 @@ def run_variant(workflow: str, name: str, edit: Callable[[dict], None], tmp: Pat
     upgrade(url)
     workdir = tmp / name
     create_campaign(load_spec(path), url, site=str(site), workdir=workdir)
-    run_with_parsl(CampaignRunner(url, name), load_site(str(site)), tmp / f"runinfo-{name}")
+    run_campaign(name, url, site_name=str(site))
     return url, workdir

@@ -98,11 +98,12 @@ def main() -> None:
     # output weights (gentle forces) and loose guards, so every walker runs all its steps.
     soft = Ensemble([new_member(arch, [1, 6, 8], {1: -13.6, 6: -1030.0, 8: -2040.0}, seed=k,
                                 energy_scale=0.01) for k in range(args.members)], device="cpu")
-    md = MDSampler(steps=args.md_steps, save_every=10_000, temperature_K=300, bond_guard=10.0, min_distance=0.1)
+    md = MDSampler(steps=args.md_steps, save_every=10_000, temperature_K=300, bond_guard=10.0, min_distance=0.1,
+                   energy_blowup_per_atom=1e9)
     for w in (1, 8, 64):
         def walk(w=w):
-            res = run_md(soft, seeds[:w], md, trust_hi=np.inf, rng_seed=0, energy_blowup_per_atom=1e9)
-            assert all(r["steps"] == args.md_steps for r in res.walkers), [r["stop_reason"] for r in res.walkers]
+            res = run_md(soft, seeds[:w], md, trust_hi=np.inf, rng_seed=0)
+            assert all(r.steps == args.md_steps for r in res.walkers), [r.stop_reason for r in res.walkers]
         sec = median_time(walk, 1)
         print(f"NN-MD {w:>2} walker(s): {w * args.md_steps / sec:>6.0f} walker-steps/s "
               f"({args.md_steps / sec:.0f} steps/s)")

@@ -67,7 +67,7 @@ def evaluate(url: str, workdir: Path, name: str, points: np.ndarray, e_ref: np.n
             n_labels = c.execute(sa.select(sa.func.count()).select_from(m.TrainingSetLabel)
                                  .join(m.TrainingSet).where(m.TrainingSet.generation_id == gen_id)).scalar_one()
             ens = Ensemble.load([workdir / "artifacts" / s[:2] / s for s in shas], shas)
-            e = ens.predict(atoms)["energy"]
+            e = ens.predict(atoms).energy
             out.append({"generation": idx, "labels": n_labels,
                         "mae": float(np.mean(np.abs(e[:-1] - e_ref))),
                         "shallow": float(abs(e[-1] - e_shallow))})

@@ -105,7 +105,7 @@ def main() -> None:
     def attack_grad():
         pos = pos0.clone().requires_grad_(True)
         out = ens.predict_torch(frames, pos)
-        torch.autograd.grad(out["sigma_f2"].sum(), pos)
+        torch.autograd.grad(out.sigma_f2.sum(), pos)
 
     t = timed(
         {

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 
 from alflow.db import models as m
 from alflow.db.session import get_engine, upgrade
-from alflow.engine.campaign import CampaignRunner, create_campaign, run_with_parsl
+from alflow.engine.campaign import run_campaign
+from alflow.engine.create import create_campaign
 from alflow.engine.sites import load_site, to_parsl_config
 from alflow.spec import load_spec
 
@@ -85,9 +86,8 @@ def main() -> int:
         url = f"sqlite:///{tmp / 'bench.db'}"
         upgrade(url)
         create_campaign(load_spec(spec), url, site=str(site), workdir=tmp / "run")
-        runner = CampaignRunner(url, "overhead")
         t0 = time.time()
-        run_with_parsl(runner, load_site(str(site)), tmp / "runinfo")
+        run_campaign("overhead", url, site_name=str(site))
         wall = time.time() - t0
         with get_engine(url).connect() as c:
             rows = c.execute(sa.select(m.Task.kind, m.Task.submitted_at, m.Task.started_at,

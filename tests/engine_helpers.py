@@ -1,5 +1,6 @@
 """Tiny campaigns for engine tests: an EMT Cu cluster, a tiny PaiNN ensemble, a local site
-with short heartbeats so a dead worker is noticed in seconds."""
+with short heartbeats and a short stall bound, so a dead worker or a wedged worker pool is
+noticed in seconds."""
 
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ def cu_geometries(path: Path, n: int = 12, seed: int = 0) -> Path:
     return path
 
 
-def write_site(tmp_path: Path, retries: int = 1, oracle_workers: int = 2) -> Path:
+def write_site(tmp_path: Path, retries: int = 1, oracle_workers: int = 2, stall_s: float = 15.0) -> Path:
     site = {
         "name": "test-local", "retries": retries,
-        "heartbeat_period_s": 2, "heartbeat_threshold_s": 6,
+        "heartbeat_period_s": 2, "heartbeat_threshold_s": 6, "stall_timeout_s": stall_s,
         "executors": {
             "oracle": {"workers_per_node": oracle_workers, "task_time_limit_s": 600},
             "train": {"workers_per_node": 1, "accelerators": None, "task_time_limit_s": 600},

@@ -61,6 +61,6 @@ def finite_difference_forces(ens: Ensemble, atoms, h: float) -> np.ndarray:
             plus, minus = atoms.copy(), atoms.copy()
             plus.positions[i, k] += h
             minus.positions[i, k] -= h
-            e = ens.predict([plus, minus], members=True)["energy_members"]
+            e = ens.predict([plus, minus], members=True).energy_members
             fd[:, i, k] = -(e[:, 0] - e[:, 1]) / (2 * h)
     return fd

@@ -41,7 +41,7 @@ def test_attribution_matches_finite_differences_of_total_variance():
     def total_variance(pos):
         b = atoms.copy()
         b.positions = pos
-        return float(np.sum(ens.predict([b])["atomic_uncertainty"][0]))
+        return float(np.sum(ens.predict([b]).atomic_uncertainty[0]))
 
     h = 1e-5
     for j in (0, 2, 5):  # C, O, H
@@ -55,7 +55,7 @@ def test_attribution_matches_finite_differences_of_total_variance():
     assert a.max() > 1e-4  # non-trivial
     # s_i is the ensemble's per-atom u_i: the force-variance option returns it directly
     u = attribute(ens, atoms, method="force_variance")
-    np.testing.assert_allclose(u, ens.predict([atoms])["atomic_uncertainty"][0])
+    np.testing.assert_allclose(u, ens.predict([atoms]).atomic_uncertainty[0])
 
 
 def test_batched_attribution_equals_one_frame_at_a_time():
@@ -115,11 +115,11 @@ def test_displaced_atom_in_periodic_box_is_flagged(copper_ensemble):
     vec = frame.get_distance(centre, partner, mic=True, vector=True)
     frame.positions[centre] += 0.35 * vec / np.linalg.norm(vec)  # 2.55 -> ~2.2 Å
     pred = ens.predict([frames[1], frame])
-    assert pred["sigma_f2"][1] > 3 * pred["sigma_f2"][0]  # measured: 5.7x
+    assert pred.sigma_f2[1] > 3 * pred.sigma_f2[0]  # measured: 5.7x
     scores = attribute(ens, frame)
     flagged = set(uncertain_atoms(scores).tolist())
     assert centre in flagged and flagged <= {centre, partner}, flagged  # measured: {5, 22}
-    by_variance = set(uncertain_atoms(pred["atomic_uncertainty"][1]).tolist())
+    by_variance = set(uncertain_atoms(pred.atomic_uncertainty[1]).tolist())
     assert by_variance & {centre, partner} and by_variance <= {centre, partner}, by_variance
     # an undistorted training frame has no atom that stands out by much
     assert attribute(ens, frames[1]).max() < 0.5 * scores[centre]

@@ -140,7 +140,8 @@ def test_bulk_label_writer_is_idempotent(engine):
                 for i, g in enumerate(ids)]
         assert writers.write_labels(conn, rows) == 50
         assert writers.write_labels(conn, rows[:10]) == 0  # resume: nothing recomputed/duplicated
-        assert writers.ok_labels_for(conn, [(g, method) for g in ids]) == {(g, method) for g in ids}
+        ok = conn.execute(sa.text("SELECT COUNT(*) FROM label WHERE status = 'ok'")).scalar_one()
+        assert ok == 50
         failed = [writers.label_row(ids[0], method, status="failed", error_class="timeout")]
         assert writers.write_labels(conn, failed) == 1
 

@@ -30,7 +30,7 @@ def _ensembles(arch, elements, reference):
 def _attack_gradient(ens, frames):
     pos = torch.as_tensor(np.concatenate([a.positions for a in frames])).requires_grad_(True)
     out = ens.predict_torch(frames, pos)
-    (grad,) = torch.autograd.grad((out["sigma_f2"] + 1e-3 * out["energy"]).sum(), pos)
+    (grad,) = torch.autograd.grad((out.sigma_f2 + 1e-3 * out.energy).sum(), pos)
     return grad.numpy()
 
 
@@ -38,11 +38,11 @@ def test_fast_painn_equals_schnetpack_forward_molecules():
     frames = [rattled(molecule(name), 0.08, seed=k) for k, name in enumerate(["CH3CH2OH", "H2O", "CH4", "HCOOH"])]
     fast, stock = _ensembles(TINY, [1, 6, 8], HCO_REF)
     a, b = fast.predict(frames, members=True), stock.predict(frames, members=True)
-    np.testing.assert_allclose(a["energy_members"], b["energy_members"], rtol=0, atol=1e-10)
-    for fa, fb in zip(a["forces_members"], b["forces_members"]):
+    np.testing.assert_allclose(a.energy_members, b.energy_members, rtol=0, atol=1e-10)
+    for fa, fb in zip(a.forces_members, b.forces_members):
         np.testing.assert_allclose(fa, fb, rtol=0, atol=1e-10)
         assert np.abs(fb).max() > 1e-3  # forces are not trivially zero
-    np.testing.assert_allclose(a["sigma_f2"], b["sigma_f2"], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(a.sigma_f2, b.sigma_f2, rtol=1e-9, atol=0)
     ga, gb = _attack_gradient(fast, frames), _attack_gradient(stock, frames)
     np.testing.assert_allclose(ga, gb, rtol=0, atol=1e-10 * np.abs(gb).max())
     assert np.abs(gb).max() > 1e-6
@@ -54,10 +54,10 @@ def test_fast_painn_equals_schnetpack_forward_periodic_stress():
     arch = {**TINY, "cutoff": 4.5}
     fast, stock = _ensembles(arch, [29], {29: -1000.0})
     a, b = fast.predict([cu], stress=True), stock.predict([cu], stress=True)
-    np.testing.assert_allclose(a["energy"], b["energy"], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(a["forces"][0], b["forces"][0], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(a["stress"], b["stress"], rtol=0, atol=1e-12)
-    assert np.abs(b["stress"]).max() > 1e-6
+    np.testing.assert_allclose(a.energy, b.energy, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.forces[0], b.forces[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(a.stress, b.stress, rtol=0, atol=1e-12)
+    assert np.abs(b.stress).max() > 1e-6
 
 
 def test_fast_painn_falls_back_to_schnetpack_for_configurations_it_does_not_cover():
@@ -83,6 +83,6 @@ def test_fast_painn_float32_agrees_with_float64():
     for core in hi.cores:
         core.fast = False
     hi = hi.predict(frames)
-    scale = max(np.abs(f).max() for f in hi["forces"])
-    for fl, fh in zip(lo["forces"], hi["forces"]):
+    scale = max(np.abs(f).max() for f in hi.forces)
+    for fl, fh in zip(lo.forces, hi.forces):
         np.testing.assert_allclose(fl, fh, rtol=0, atol=1e-4 * scale)

@@ -72,8 +72,8 @@ def test_forces_are_minus_energy_gradient(representation):
     out = ens.predict([atoms], members=True)
     h = 1e-4
     fd = finite_difference_forces(ens, atoms, h)
-    np.testing.assert_allclose(out["forces_members"][0], fd, atol=1e-6, rtol=1e-6)
-    np.testing.assert_allclose(out["forces"][0], fd.mean(0), atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(out.forces_members[0], fd, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(out.forces[0], fd.mean(0), atol=1e-6, rtol=1e-6)
     assert np.abs(fd).max() > 1e-2  # a non-trivial check
 
 
@@ -86,7 +86,7 @@ def test_sigma_f2_gradient_matches_finite_differences():
 
     def objective(e, pos, create_graph):
         out = e.predict_torch(batch, pos, create_graph=create_graph)
-        return (out["sigma_f2"] * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum() + 0.01 * out["energy"].sum()
+        return (out.sigma_f2 * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum() + 0.01 * out.energy.sum()
 
     grads = []
     for e in (ens, ens_vmap):
@@ -112,18 +112,18 @@ def test_uncertainty_matches_numpy_from_member_forces():
     out = ens.predict(batch, members=True, batch_size=3)  # two chunks
     m = ens.size
     for b, atoms in enumerate(batch):
-        fm = out["forces_members"][b]  # (M, n, 3)
+        fm = out.forces_members[b]  # (M, n, 3)
         fbar = fm.mean(0)
         sigma_f2 = sum(((fm[k] - fbar) ** 2).sum() / (3 * len(atoms)) for k in range(m)) / (m - 1)
         u = sum(((fm[k] - fbar) ** 2).sum(-1) for k in range(m)) / (3 * (m - 1))
-        assert out["sigma_f2"][b] == pytest.approx(sigma_f2, rel=1e-5)
-        assert out["sigma_f"][b] == pytest.approx(np.sqrt(sigma_f2), rel=1e-5)
-        np.testing.assert_allclose(out["atomic_uncertainty"][b], u, rtol=1e-5)
-        np.testing.assert_allclose(out["forces"][b], fbar, rtol=1e-5, atol=1e-6)
-        assert out["energy_std"][b] == pytest.approx(np.std(out["energy_members"][:, b], ddof=1), rel=1e-5)
+        assert out.sigma_f2[b] == pytest.approx(sigma_f2, rel=1e-5)
+        assert out.sigma_f[b] == pytest.approx(np.sqrt(sigma_f2), rel=1e-5)
+        np.testing.assert_allclose(out.atomic_uncertainty[b], u, rtol=1e-5)
+        np.testing.assert_allclose(out.forces[b], fbar, rtol=1e-5, atol=1e-6)
+        assert out.energy_std[b] == pytest.approx(np.std(out.energy_members[:, b], ddof=1), rel=1e-5)
     # the element reference is added back: energies are absolute
     composition = sum(HCO_REF[int(z)] for z in batch[0].numbers)
-    assert abs(out["energy"][0] - composition) < 50.0
+    assert abs(out.energy[0] - composition) < 50.0
 
 
 def test_periodic_stress_matches_numerical_stress_and_calculator():
@@ -144,8 +144,8 @@ def test_periodic_stress_matches_numerical_stress_and_calculator():
     for key in ("sigma_f2", "sigma_f", "atomic_uncertainty", "energy_std", "energy_members", "forces_members"):
         assert key in calc.results
     pred = ens.predict([cu])
-    assert calc.results["energy"] == pytest.approx(pred["energy"][0])
-    np.testing.assert_allclose(calc.results["stress"], full_3x3_to_voigt_6_stress(pred["stress"][0]))
+    assert calc.results["energy"] == pytest.approx(pred.energy[0])
+    np.testing.assert_allclose(calc.results["stress"], full_3x3_to_voigt_6_stress(pred.stress[0]))
 
 
 # -------------------------------------------------------------------------- errors / IO
@@ -166,8 +166,8 @@ def test_checkpoint_roundtrip_and_hash_mismatch(tmp_path):
     atoms = rattled(molecule("CH3CH2OH"), 0.05, 4)
     e1 = Ensemble([member], device="cpu").predict([atoms])
     e2 = Ensemble([loaded], device="cpu").predict([atoms])
-    np.testing.assert_array_equal(e1["forces"][0], e2["forces"][0])
-    assert np.isnan(e1["sigma_f2"][0])  # one member: no uncertainty
+    np.testing.assert_array_equal(e1.forces[0], e2.forces[0])
+    assert np.isnan(e1.sigma_f2[0])  # one member: no uncertainty
 
     wrong = "0" * 64
     with pytest.raises(CheckpointError) as info:
@@ -196,9 +196,9 @@ def test_schnetpack_export_loads_in_spk_calculator(tmp_path):
     )
     cu.calc = calc
     ours = Ensemble([member], device="cpu", dtype=torch.float64).predict([cu])
-    assert cu.get_potential_energy() == pytest.approx(ours["energy"][0], abs=1e-8)
-    np.testing.assert_allclose(cu.get_forces(), ours["forces"][0], atol=1e-8)
-    np.testing.assert_allclose(calc.results["stress"], ours["stress"][0], atol=1e-8)
+    assert cu.get_potential_energy() == pytest.approx(ours.energy[0], abs=1e-8)
+    np.testing.assert_allclose(cu.get_forces(), ours.forces[0], atol=1e-8)
+    np.testing.assert_allclose(calc.results["stress"], ours.stress[0], atol=1e-8)
 
 
 # ------------------------------------------------------------------------ split / reference
@@ -254,8 +254,8 @@ def test_warm_start_loads_previous_member(tmp_path):
     probe = [rattled(molecule("CH3CH2OH"), 0.05, 99)]
     a = Ensemble.load([first.checkpoint], [first.sha256], device="cpu").predict(probe)
     b = Ensemble.load([second.checkpoint], [second.sha256], device="cpu").predict(probe)
-    np.testing.assert_allclose(a["forces"][0], b["forces"][0], atol=1e-4)
-    assert a["energy"][0] == pytest.approx(b["energy"][0], abs=1e-4)
+    np.testing.assert_allclose(a.forces[0], b.forces[0], atol=1e-4)
+    assert a.energy[0] == pytest.approx(b.energy[0], abs=1e-4)
     other = ModelSpec(**{**TINY, "n_atom_basis": 8}, ensemble_size=2)
     with pytest.raises(ValueError, match="architecture"):
         train_member(frames, energies, forces, None, other, frozen, seed=1,
@@ -275,7 +275,7 @@ def test_training_on_periodic_stress_runs(tmp_path):
                           seed=0, workdir=tmp_path)
     assert result.metrics["train_stress_mae"] is not None and np.isfinite(result.metrics["train_stress_mae"])
     out = Ensemble.load([result.checkpoint], device="cpu").predict(cells[:2])
-    assert out["stress"].shape == (2, 3, 3) and np.all(np.isfinite(out["stress"]))
+    assert out.stress.shape == (2, 3, 3) and np.all(np.isfinite(out.stress))
 
 
 @pytest.mark.slow
@@ -308,15 +308,15 @@ def test_tiny_painn_ensemble_learns_ethanol(tmp_path):
     ens = Ensemble.load([r.checkpoint for r in results], [r.sha256 for r in results], device="cpu")
     pred = ens.predict(test_frames)
     ref = np.concatenate(test_f)
-    mae = np.mean(np.abs(np.concatenate(pred["forces"]) - ref))
+    mae = np.mean(np.abs(np.concatenate(pred.forces) - ref))
     zero_mae = np.mean(np.abs(ref))  # trivial predictor: zero force
     per_atom_mean = np.mean(forces, axis=0)  # trivial predictor: mean training force per atom
     mean_mae = np.mean(np.abs(np.stack(test_f) - per_atom_mean))
     assert mae < 0.2 * min(zero_mae, mean_mae), (mae, zero_mae, mean_mae)  # measured: 0.06 vs 1.5
-    e_mae = np.mean(np.abs(pred["energy"] - test_e))
+    e_mae = np.mean(np.abs(pred.energy - test_e))
     assert e_mae < 0.5 * np.mean(np.abs(test_e - np.mean(energies))), e_mae  # measured: 0.055 vs 0.28
     # uncertainty grows away from the training distribution
     far = [rattled(molecule("CH3CH2OH"), 0.25, 20_000 + s) for s in range(20)]
-    assert np.median(ens.predict(far)["sigma_f"]) > 2 * np.median(pred["sigma_f"])  # measured: 0.74 vs 0.07
-    rec = calibrate(pred["sigma_f"], frame_force_rmse(pred["forces"], test_f))
+    assert np.median(ens.predict(far).sigma_f) > 2 * np.median(pred.sigma_f)  # measured: 0.74 vs 0.07
+    rec = calibrate(pred.sigma_f, frame_force_rmse(pred.forces, test_f))
     assert np.isfinite(rec.scale) and rec.scale > 0

@@ -68,15 +68,15 @@ def test_forces_are_minus_energy_gradient(axes):
     h = 1e-5
     for b, atoms in enumerate(batch):
         fd = finite_difference_forces(ens, atoms, h)
-        np.testing.assert_allclose(out["forces_members"][b], fd, atol=1e-7, rtol=1e-6)
-        np.testing.assert_allclose(out["forces"][b], fd.mean(0), atol=1e-7, rtol=1e-6)
+        np.testing.assert_allclose(out.forces_members[b], fd, atol=1e-7, rtol=1e-6)
+        np.testing.assert_allclose(out.forces[b], fd.mean(0), atol=1e-7, rtol=1e-6)
         assert np.abs(fd).max() > 1e-2
         if "z" not in axes:
-            assert np.all(out["forces_members"][b][..., 2] == 0.0)  # the model never sees z
+            assert np.all(out.forces_members[b][..., 2] == 0.0)  # the model never sees z
     assert ens.active_axes.tolist() == [a in axes for a in "xyz"]
     # independent particles: a geometry's energy is the sum of its atoms' energies
     parts = [Atoms(a.symbol, positions=[a.position]) for a in batch[0]]
-    assert out["energy"][0] == pytest.approx(ens.predict(parts)["energy"].sum(), abs=1e-10)
+    assert out.energy[0] == pytest.approx(ens.predict(parts).energy.sum(), abs=1e-10)
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
@@ -89,7 +89,7 @@ def test_sigma_f2_gradient_matches_finite_differences(strategy):
     def objective(pos, create_graph):
         out = ens.predict_torch(batch, pos, create_graph=create_graph)
         weights = torch.tensor([1.0, 2.0], dtype=torch.float64)
-        return (out["sigma_f2"] * weights).sum() + 0.01 * out["energy"].sum()
+        return (out.sigma_f2 * weights).sum() + 0.01 * out.energy.sum()
 
     pos = pos0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(objective(pos, True), pos)
@@ -105,8 +105,8 @@ def test_sigma_f2_gradient_matches_finite_differences(strategy):
     # predict and predict_torch agree
     ref = ens.predict(batch)
     out = ens.predict_torch(batch)
-    np.testing.assert_allclose(out["sigma_f2"].numpy(), ref["sigma_f2"], rtol=1e-12)
-    np.testing.assert_allclose(out["energy"].numpy(), ref["energy"], rtol=1e-12)
+    np.testing.assert_allclose(out.sigma_f2.numpy(), ref.sigma_f2, rtol=1e-12)
+    np.testing.assert_allclose(out.energy.numpy(), ref.energy, rtol=1e-12)
 
 
 def test_periodic_stress_matches_numerical_stress():
@@ -148,17 +148,17 @@ def test_ensemble_learns_the_double_well(tmp_path):
 
     test_e, test_f = double_well_labels(test_xy)
     pred = ens.predict(points(test_xy))
-    e_mae = np.mean(np.abs(pred["energy"] - test_e))
-    f_err = np.abs(np.concatenate(pred["forces"]) - np.concatenate(test_f))[:, :2]
+    e_mae = np.mean(np.abs(pred.energy - test_e))
+    f_err = np.abs(np.concatenate(pred.forces) - np.concatenate(test_f))[:, :2]
     # measured (1 thread): energy MAE 0.010 eV (0.7 % of std E = 1.49 eV), force MAE
     # 0.050 eV/Å (1.7 % of mean |F| = 2.86 eV/Å); other data seeds 0.2-1.2 % and 0.8-3 %
     assert e_mae < 0.1 * np.std(test_e), (e_mae, np.std(test_e))
     assert np.mean(f_err) < 0.15 * np.mean(np.abs(np.concatenate(test_f)[:, :2])), np.mean(f_err)
-    far = ens.predict(points(shallow_xy))["sigma_f2"]
+    far = ens.predict(points(shallow_xy)).sigma_f2
     # measured: median σ_F² 0.006 eV²/Å² inside vs 1.4 in the shallow well (min 0.53);
     # other data seeds: ratio of medians 18-4500
-    assert np.median(far) > 10 * np.median(pred["sigma_f2"]), (np.median(far), np.median(pred["sigma_f2"]))
-    assert np.min(far) > np.median(pred["sigma_f2"])
+    assert np.median(far) > 10 * np.median(pred.sigma_f2), (np.median(far), np.median(pred.sigma_f2))
+    assert np.min(far) > np.median(pred.sigma_f2)
 
     # the ASE calculator over the same ensemble
     probe = points([[-0.75, 0.1]])[0]
@@ -181,7 +181,7 @@ def test_warm_start_keeps_the_field_and_checks_architecture(tmp_path):
     probe = points([[-0.6, 0.05]])
     a = Ensemble.load([first.checkpoint], device="cpu").predict(probe)
     b = Ensemble.load([second.checkpoint], device="cpu").predict(probe)
-    np.testing.assert_allclose(a["forces"][0], b["forces"][0], atol=1e-4)
+    np.testing.assert_allclose(a.forces[0], b.forces[0], atol=1e-4)
     other = ModelSpec(representation="coordinates", n_atom_basis=8, n_interactions=1)  # x, y, z
     with pytest.raises(ValueError, match="architecture"):
         train_member(points(xy), energies, forces, None, other, frozen, seed=1,
@@ -221,8 +221,8 @@ def test_checkpoint_roundtrip_and_no_schnetpack_form(tmp_path):
     probe = points([[0.1, -0.3], [-0.8, 0.0]])
     e1 = Ensemble([member], device="cpu").predict(probe)
     e2 = Ensemble.load([path], [digest], device="cpu").predict(probe)
-    np.testing.assert_array_equal(e1["energy"], e2["energy"])
-    np.testing.assert_array_equal(np.stack(e1["forces"]), np.stack(e2["forces"]))
+    np.testing.assert_array_equal(e1.energy, e2.energy)
+    np.testing.assert_array_equal(np.stack(e1.forces), np.stack(e2.forces))
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         load_member(path, "0" * 64)
     with pytest.raises(ValueError, match="no SchNetPack form"):

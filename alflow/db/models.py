@@ -56,6 +56,18 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: Json, list[Any]: Json}
 
 
+# The error vocabularies, as SQL (kept equal to alflow.oracles.base.ERROR_CLASSES and
+# alflow.engine.states.TaskError by a test; migration 0002 holds the same lists)
+LABEL_ERRORS = ("scf_not_converged", "timeout", "crash", "oom", "invalid_input",
+                "calculator_error", "task_error")
+TASK_ERRORS = ("worker_lost", "manager_lost", "stalled", "timeout", "orchestrator_lost",
+               "app_error", "submit_error")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IS NULL OR {column} IN ({', '.join(repr(v) for v in values)})"
+
+
 def _id() -> Mapped[int]:
     return mapped_column(Id, primary_key=True, autoincrement=True)
 
@@ -169,6 +181,7 @@ class Label(Base):
     __tablename__ = "label"
     __table_args__ = (
         CheckConstraint("status IN ('ok','failed')", name="status"),
+        CheckConstraint(_in("error_class", LABEL_ERRORS), name="error_class"),
         Index(
             "uq_label_ok_geometry_method",
             "geometry_id",
@@ -318,6 +331,7 @@ class Task(Base):
         CheckConstraint(
             "status IN ('pending','running','done','failed','cancelled')", name="status"
         ),
+        CheckConstraint(_in("error_class", TASK_ERRORS), name="error_class"),
     )
     id: Mapped[int] = _id()
     campaign_id: Mapped[int] = _fk("campaign.id", ondelete="CASCADE")

@@ -8,12 +8,12 @@ merged with one INSERT ... ON CONFLICT; on SQLite, one executemany.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from ase import Atoms
-from sqlalchemy import Connection, select, text, tuple_
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -155,23 +155,6 @@ def write_labels(target: Connection | Session, rows: Sequence[dict[str, Any]]) -
     before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
     conn.execute(stmt, list(rows))
     return conn.exec_driver_sql("SELECT total_changes()").scalar_one() - before
-
-
-def ok_labels_for(
-    target: Connection | Session, pairs: Iterable[tuple[int, int]]
-) -> set[tuple[int, int]]:
-    """Which (geometry_id, method_id) pairs already have a successful label: the resume
-    check that keeps a campaign from ever paying for the same oracle call twice."""
-    conn = _conn(target)
-    pairs = list(dict.fromkeys(pairs))
-    have: set[tuple[int, int]] = set()
-    for i in range(0, len(pairs), _ID_CHUNK):
-        chunk = pairs[i : i + _ID_CHUNK]
-        q = select(Label.geometry_id, Label.method_id).where(
-            Label.status == "ok", tuple_(Label.geometry_id, Label.method_id).in_(chunk)
-        )
-        have.update((g, m) for g, m in conn.execute(q))
-    return have
 
 
 def ensure_oracle_method(target: Connection | Session, record: dict[str, Any]) -> int:

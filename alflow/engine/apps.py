@@ -1,292 +1,185 @@
-"""The functions Parsl runs on workers: thin wrappers that call science code.
+"""The one function Parsl runs on workers, `execute`, and its thin adapters to science code.
 
-Each takes small, picklable arguments (spec dicts, paths, short lists of Atoms) and returns
-plain dicts with its own start/finish times and where it ran, so the orchestrator can record
-the task. They never touch the database. Heavy imports happen inside the functions, so the
-orchestrator can import this module cheaply, and a worker process keeps its oracle alive
-between tasks (imports and PySCF's forked worker are paid once per worker).
+`execute(envelope, request)` marks the attempt started, arms its time limit, hands the
+request to the adapter for its type, keeps the result durable in the run directory
+(`durable.py`) and returns it. Adapters only translate: a request (results.py) in, a
+science call, a typed result out. They never touch the database. Heavy imports happen
+inside the adapters, so the orchestrator imports this module cheaply, and a worker keeps
+its oracle alive between tasks (imports and PySCF's forked child are paid once).
+
+Time limits are enforced where the work runs: past its limit an attempt marks itself
+expired and SIGKILLs its own worker process — the only way to stop C code (an SCF, a
+torch kernel) — and the worker pool reports the worker lost, which the scheduler reads as a
+timeout. The scheduler also keeps its own deadline, in case the worker pool cannot report.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import socket
+import signal
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
+from alflow.engine import durable
+from alflow.engine.results import (
+    Envelope,
+    EvaluateRequest,
+    Evaluation,
+    LabelBatch,
+    LabelledGeometry,
+    LabelRequest,
+    SampleRequest,
+    SamplingResult,
+    Timing,
+    TrainedMember,
+    TrainRequest,
+    ValidateRequest,
+    Validation,
+    Warmup,
+    WarmupRequest,
+    jsonable,
+)
 
 _ORACLES: dict[str, Any] = {}
 
 
-def _where() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-
-
-def _oracle(spec: dict):
+def _oracle(settings):
     from alflow.oracles import make_oracle
 
-    key = json.dumps(spec, sort_keys=True)
+    key = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
     if key not in _ORACLES:
-        _ORACLES[key] = make_oracle(spec)
+        _ORACLES[key] = make_oracle(settings)
     return _ORACLES[key]
 
 
-def warm_up(role: str, oracle_spec: dict | None = None) -> dict:
+def _ensemble(ref):
+    from alflow.potentials import Ensemble
+
+    return Ensemble.load(list(ref.checkpoints), list(ref.sha256s))
+
+
+# ------------------------------------------------------------------------- adapters
+def warm_up(req: WarmupRequest, env: Envelope) -> Warmup:
     """Import what a role's tasks need (and build the oracle) before the first real task,
     so worker start-up is not charged to labelling or training."""
     started = time.time()
-    if role == "oracle" and oracle_spec is not None:
-        _oracle(oracle_spec)
-    elif role in ("train", "sample"):
-        import alflow.potentials.ensemble
+    if req.role == "oracle" and req.oracle is not None:
+        _oracle(req.oracle)
+    elif req.role in ("train", "sample"):
+        import alflow.potentials.ensemble  # torch + SchNetPack
         import alflow.potentials.train  # noqa: F401
-    return {"started": started, "finished": time.time(), **_where()}
+    return Warmup(req.role, Timing.since(started))
 
 
-def label_batch(jobs: list[tuple[int, Any]], oracle_spec: dict) -> dict:
-    """Label (geometry_id, Atoms) pairs with the campaign's oracle; failures are labels."""
+def label_batch(req: LabelRequest, env: Envelope) -> LabelBatch:
+    """Label each geometry with the campaign's oracle; each finished call is kept durable at
+    once, and a call an earlier attempt already finished is read back, not repeated."""
     started = time.time()
-    oracle = _oracle(oracle_spec)
-    labels = []
-    for geometry_id, atoms in jobs:
-        lab = oracle(atoms)
-        labels.append({
-            "geometry_id": geometry_id, "status": lab.status, "energy": lab.energy,
-            "forces": None if lab.forces is None else np.array(lab.forces),
-            "stress": None if lab.stress is None else np.array(lab.stress),
-            "error_class": lab.error_class, "error_msg": lab.error_msg,
-            "wall_s": lab.wall_s, "cpu_s": lab.cpu_s,
-        })
-    return {"labels": labels, "started": started, "finished": time.time(), **_where()}
+    oracle = _oracle(req.oracle)
+    out = []
+    for job in req.jobs:
+        kept = durable.load_label(env.run_dir, job.label_key)
+        if kept is None:
+            kept = LabelledGeometry(job.geometry_id, oracle(job.atoms), task_id=env.task_id)
+            durable.save_label(env.run_dir, job.label_key, kept)
+        out.append(kept)
+    return LabelBatch(tuple(out), Timing.since(started))
 
 
-def train_member_app(dataset: str, model: dict, training: dict, seed: int, workdir: str,
-                     init_checkpoint: str | None = None, init_sha256: str | None = None) -> dict:
-    """Train one ensemble member on the frames in `dataset` (an `.npz` from datasets.py)."""
+def train(req: TrainRequest, env: Envelope) -> TrainedMember:
     started = time.time()
     from alflow.engine.datasets import load_frames
     from alflow.potentials import train_member
-    from alflow.spec import ModelSpec, TrainingSpec
 
-    frames = load_frames(dataset)
+    frames = load_frames(req.dataset)
     stresses = frames.stresses if any(s is not None for s in frames.stresses) else None
-    result = train_member(
-        frames.atoms, frames.energies, frames.forces, stresses,
-        ModelSpec(**model), TrainingSpec(**training), seed, workdir,
-        init_checkpoint=init_checkpoint, init_sha256=init_sha256,
-    )
-    return {"checkpoint": str(result.checkpoint), "sha256": result.sha256,
-            "metrics": _jsonable(result.metrics), "started": started,
-            "finished": time.time(), **_where()}
+    result = train_member(frames.atoms, frames.energies, frames.forces, stresses, req.model,
+                          req.training, req.seed, req.workdir, init_checkpoint=req.init_checkpoint,
+                          init_sha256=req.init_sha256)
+    return TrainedMember(req.member, str(result.checkpoint), result.sha256, jsonable(result.metrics),
+                         Timing.since(started))
 
 
-def evaluate_app(checkpoints: list[str], sha256s: list[str], dataset: str) -> dict:
-    """Held-out error of each member and of the ensemble, and the σ→error calibration."""
+def evaluate(req: EvaluateRequest, env: Envelope) -> Evaluation:
     started = time.time()
     from alflow.engine.datasets import load_frames
-    from alflow.potentials import Ensemble, calibrate, frame_force_rmse
+    from alflow.potentials import evaluate_ensemble
 
-    frames = load_frames(dataset)
-    ens = Ensemble.load(checkpoints, sha256s)
-    pred = ens.predict(frames.atoms, members=True)
-    n_atoms = np.array([len(a) for a in frames.atoms], dtype=float)
-    ref_f = np.concatenate(frames.forces)
+    ens = _ensemble(req.ensemble)
+    result = None
+    if req.test_dataset is not None:
+        test = load_frames(req.test_dataset)
+        result = evaluate_ensemble(ens, test.atoms, test.energies, test.forces)
+    fit = load_frames(req.fit_dataset)
+    sigma_train = tuple(float(x) for x in ens.predict(fit.atoms).sigma_f)
+    return Evaluation(result, sigma_train, Timing.since(started))
 
-    def errors(energy, forces):
-        f = np.concatenate(forces)
-        return {"energy_mae": float(np.mean(np.abs(energy - frames.energies) / n_atoms)),
-                "force_mae": float(np.mean(np.abs(f - ref_f))),
-                "force_rmse": float(np.sqrt(np.mean((f - ref_f) ** 2)))}
 
-    members = [errors(pred["energy_members"][m], [f[m] for f in pred["forces_members"]])
-               for m in range(ens.size)]
-    ensemble = errors(pred["energy"], pred["forces"])
-    frame_err = frame_force_rmse(pred["forces"], frames.forces)
+def validate(req: ValidateRequest, env: Envelope) -> Validation:
+    started = time.time()
+    from alflow import validation
+
+    report = validation.validate(_ensemble(req.ensemble), req.starts, req.settings,
+                                 rng_seed=req.rng_seed, cache_dir=req.cache_dir)
+    return Validation(report, Timing.since(started))
+
+
+def sample(req: SampleRequest, env: Envelope) -> SamplingResult:
+    started = time.time()
+    from alflow.sampling.samplers import run_sampler
+
+    ens = _ensemble(req.ensemble)
+    out = run_sampler(ens, req.sampler, req.seeds, rng_seed=req.rng_seed,
+                      train_energies_per_atom=req.train_energies_per_atom,
+                      trust_hi=req.trust_hi_sigma)
+    candidates = out.candidates
+    if req.carving is not None:
+        from alflow.sampling.condensed import carve_candidates
+
+        candidates = carve_candidates(ens, candidates, req.carving, req.carving_radius)
+    return SamplingResult(req.sampler_index, tuple(candidates), tuple(out.walkers), Timing.since(started))
+
+
+ADAPTERS: dict[type, Callable[[Any, Envelope], Any]] = {
+    WarmupRequest: warm_up, LabelRequest: label_batch, TrainRequest: train,
+    EvaluateRequest: evaluate, ValidateRequest: validate, SampleRequest: sample,
+}
+
+
+# ------------------------------------------------------------------------- the app
+def _expire(run_dir: str, task_id: int) -> None:
+    """Past the time limit: say so on disk, then end this worker process (and with it
+    whatever C code the task is stuck in)."""
     try:
-        cal = calibrate(pred["sigma_f"], frame_err).to_dict()
-    except ValueError as exc:  # e.g. a single test frame
-        cal = {"error": str(exc)}
-    from alflow.validation import miscalibration_area
-
-    scale = cal.get("scale") or 1.0
-    atom_sigma = np.concatenate([np.sqrt(np.clip(u, 0, None)) for u in pred["atomic_uncertainty"]])
-    residuals = (np.concatenate(pred["forces"]) - ref_f).ravel()  # atom-major, then x, y, z
-    ensemble["miscalibration_area"] = miscalibration_area(residuals, np.repeat(atom_sigma * scale, 3))
-    ensemble.update(
-        n_frames=len(frames), calibration=_jsonable(cal),
-        sigma_f=pred["sigma_f"].tolist(), frame_error=frame_err.tolist(),
-    )
-    return {"members": members, "ensemble": ensemble, "started": started,
-            "finished": time.time(), **_where()}
+        durable.mark_expired(run_dir, task_id)
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def validate_app(checkpoints: list[str], sha256s: list[str], starts: list[Any], settings: dict,
-                 cache_dir: str, rng_seed: int) -> dict:
-    """NN-MD with the ensemble mean from fixed starts: stability time, and h(r) error
-    against a reference trajectory computed once per (start, settings) and cached."""
-    started = time.time()
-    import hashlib
-
-    from alflow.geometry import atoms_hash
-    from alflow.potentials import Ensemble, EnsembleCalculator
-    from alflow.validation import distance_distribution, hr_error, run_md
-
-    calc = EnsembleCalculator(Ensemble.load(checkpoints, sha256s))
-    md = {k: settings[k] for k in ("temperature_K", "timestep_fs", "steps", "bond_guard", "min_distance")}
-    per_start = []
-    for k, start in enumerate(starts):
-        traj = run_md(calc, start, rng_seed=rng_seed + k, **md)
-        entry = {"stability_time_fs": traj.stability_time_fs, "stopped": traj.stopped,
-                 "frames": int(len(traj.positions)), "hr_error": None}
-        if settings.get("reference"):
-            key = hashlib.sha256(json.dumps(
-                [atoms_hash(start), md, settings["reference"], settings.get("reference_settings", {}),
-                 rng_seed + k], sort_keys=True).encode()).hexdigest()
-            cache = os.path.join(cache_dir, f"{key}.npz")
-            if os.path.exists(cache):
-                ref_positions = np.load(cache)["positions"]
-            else:
-                from alflow.oracles.ase_calc import build_calculator
-
-                ref_calc = build_calculator(settings["reference"], settings.get("reference_settings", {}), start)
-                ref = run_md(ref_calc, start, rng_seed=rng_seed + k, **md)
-                ref_positions = ref.positions
-                os.makedirs(cache_dir, exist_ok=True)
-                np.savez(cache + ".tmp.npz", positions=ref_positions)
-                os.replace(cache + ".tmp.npz", cache)
-            grid = {"r_max": settings["r_max"], "bins": settings["bins"]}
-            h_model = distance_distribution(start, traj.positions, **grid)
-            h_ref = distance_distribution(start, ref_positions, **grid)
-            entry.update(hr_error=hr_error(h_model, h_ref), h_model=h_model.tolist(), h_ref=h_ref.tolist())
-        per_start.append(entry)
-    times = [e["stability_time_fs"] for e in per_start]
-    errs = [e["hr_error"] for e in per_start if e["hr_error"] is not None]
-    return {"stability_time_fs": float(np.mean(times)), "hr_error": float(np.mean(errs)) if errs else None,
-            "starts": _jsonable(per_start), "started": started, "finished": time.time(), **_where()}
+class AbandonedAttempt(RuntimeError):
+    """The scheduler gave up on this attempt before it started (a retry runs instead)."""
 
 
-def sample_app(kind: str, sampler: dict, checkpoints: list[str], sha256s: list[str],
-               seeds: list[Any], context: dict, rng_seed: int) -> dict:
-    """Run one sampler on a batch of seeds; every candidate gets the ensemble's verdict
-    (σ_F², per-atom u_i, mean energy) from one batched prediction."""
-    started = time.time()
-    from alflow.potentials import Ensemble
-
-    ens = Ensemble.load(checkpoints, sha256s)
-    records: dict[str, Any] = {}
-    if kind == "random":
-        from alflow.sampling.random_displacement import random_displacements
-        from alflow.spec import RandomSampler
-
-        candidates = random_displacements(seeds, RandomSampler(**sampler), rng_seed=rng_seed,
-                                          axes=ens.active_axes)
-    elif kind == "adversarial":
-        from alflow.sampling.adversarial import attack
-        from alflow.spec import AdversarialSampler
-
-        adv = AdversarialSampler(**sampler)
-        candidates = attack(ens, seeds, adv,
-                            train_energies_per_atom=np.asarray(context["train_energies_per_atom"]),
-                            rng_seed=rng_seed, attacks_per_seed=adv.attacks_per_seed)
-    elif kind == "md":
-        from alflow.sampling.md import run_md
-        from alflow.spec import MDSampler
-
-        md = MDSampler(**sampler)
-        result = run_md(ens, seeds, md, trust_hi=context["trust_hi_sigma"], rng_seed=rng_seed,
-                        stop_on=md.stop_on, energy_blowup_per_atom=md.energy_blowup_per_atom,
-                        bond_tolerance=md.bond_tolerance, friction_per_fs=md.friction_per_fs)
-        candidates = result.candidates
-        records["walkers"] = _jsonable(getattr(result, "walkers", None))
-    else:
-        raise ValueError(f"unknown sampler kind {kind!r}")
-
-    if candidates:
-        pred = ens.predict([c.atoms for c in candidates])
-        initial = ens.predict(seeds)["sigma_f2"]
-        for k, c in enumerate(candidates):
-            c.sigma_f2 = float(pred["sigma_f2"][k])
-            c.energy_mean = float(pred["energy"][k])
-            c.atomic_uncertainty = np.asarray(pred["atomic_uncertainty"][k])
-            if c.sigma_f2_initial is None:
-                c.sigma_f2_initial = float(initial[c.parent])
-    out = [_candidate_dict(c) for c in candidates]
-    if context.get("carve"):
-        out = _carve(ens, out, context)
-    return {"candidates": out, "records": records, "started": started,
-            "finished": time.time(), **_where()}
-
-
-def _candidate_dict(c) -> dict:
-    return {"atoms": c.atoms, "parent": c.parent, "relation": c.relation, "step": c.step,
-            "sigma_f2": c.sigma_f2, "sigma_f2_initial": c.sigma_f2_initial,
-            "energy_mean": c.energy_mean, "log_p": c.log_p,
-            "atomic_uncertainty": c.atomic_uncertainty, "info": _jsonable(c.info),
-            "u_max": c.u_max, "u_mean": c.u_mean}
-
-
-def _carve(ens, frames: list[dict], context: dict) -> list[dict]:
-    """Periodic frames -> small non-periodic clusters around their uncertain atoms."""
-    from alflow.sampling.attribution import attribute, uncertain_atoms
-    from alflow.sampling.carving import carve_clusters
-
-    options = carve_options(context.get("carve_options", {}))
-    out = []
-    for frame in frames:
-        atoms = frame["atoms"]
-        position = len(out)
-        out.append(frame)
-        if not atoms.pbc.any():
-            continue
-        if context.get("use_force_variance"):
-            scores = np.asarray(frame["atomic_uncertainty"])
-        else:
-            scores = attribute(ens, atoms)
-        centres = [int(i) for i in uncertain_atoms(scores, z=context.get("z_score", 2.0))]
-        clusters = carve_clusters(atoms, centres, context["radius"], options=options).clusters
-        frame["carved_into"] = []
-        if not clusters:
-            continue
-        pred = ens.predict([c.atoms for c in clusters])
-        for j, cl in enumerate(clusters):
-            frame["carved_into"].append(len(out))
-            u = np.asarray(pred["atomic_uncertainty"][j])
-            out.append({
-                "atoms": cl.atoms, "parent": frame["parent"], "carved_from": position,
-                "relation": "carved", "step": frame["step"],
-                "sigma_f2": float(pred["sigma_f2"][j]), "sigma_f2_initial": frame["sigma_f2"],
-                "energy_mean": float(pred["energy"][j]), "log_p": None,
-                "atomic_uncertainty": u, "u_max": float(u.max()), "u_mean": float(u.mean()),
-                "carve_center": int(cl.centre), "carve_map": np.asarray(cl.source_indices),
-                "info": {"n_caps": int(cl.n_caps), "centre": int(cl.centre)},
-            })
-    return out
-
-
-def carve_options(settings: dict):
-    """`CarveOptions` from the campaign's carving settings (the fields both know)."""
-    from alflow.sampling.carving import CarveOptions
-
-    keys = ("bond_tolerance", "max_fragment_atoms", "cap_bond_lengths", "min_distance",
-            "charge", "multiplicity")
-    return CarveOptions(**{k: settings[k] for k in keys if settings.get(k) is not None})
-
-
-def _jsonable(value: Any) -> Any:
-    """Numpy scalars/arrays and paths -> JSON-able Python values; NaN/inf -> None (JSON has
-    no such numbers, and PostgreSQL's JSONB refuses them)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
+def execute(envelope: Envelope, request: Any) -> Any:
+    """Run one attempt on a worker (see module docstring)."""
+    adapter = ADAPTERS[type(request)]
+    durable.mark_started(envelope.run_dir, envelope.task_id)
+    if durable.abandoned(envelope.run_dir, envelope.task_id):
+        # the scheduler declared this attempt stalled and queued another: running it as
+        # well would repeat its work (its oracle calls above all)
+        raise AbandonedAttempt(f"task {envelope.task_id} was abandoned before it started")
+    timer = None
+    if envelope.time_limit_s is not None and envelope.enforce_limit:
+        timer = threading.Timer(envelope.time_limit_s, _expire, (envelope.run_dir, envelope.task_id))
+        timer.daemon = True
+        timer.start()
+    try:
+        result = adapter(request, envelope)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if envelope.key:
+        durable.save_result(envelope.run_dir, envelope.key, envelope.task_id, result)
+    return result

@@ -78,6 +78,11 @@ class SiteSpec(_Strict):
     retries: int = Field(2, ge=0)
     heartbeat_period_s: int = Field(5, ge=1)
     heartbeat_threshold_s: int = Field(30, ge=2)
+    # an executor with work handed out but not started, idle workers, and nothing started
+    # or finished for this long is stalled: its blocks are replaced and the work retried
+    stall_timeout_s: float = Field(120.0, gt=0)
+    # a block pending in a batch queue may wait this long before its work counts as stalled
+    queue_wait_s: float = Field(86400.0, gt=0)
     address: str | None = None  # interchange address workers connect to (None: this host)
 
 
@@ -153,6 +158,13 @@ def workers_per_node(role: str, ex: ExecutorSpec) -> int:
         # roles never compete for the cores (with GPUs, one worker per GPU, below)
         n = max(1, int((cores or local_cores()) // ex.cores_per_worker))
     return min(n, len(accel)) if accel else n
+
+
+def role_capacity(role: str, ex: ExecutorSpec) -> int:
+    """Workers of a role over all its blocks: how many tasks can run at once."""
+    prov = ex.provider
+    blocks = prov.max_blocks * prov.nodes_per_block if isinstance(prov, SlurmProviderSpec) else 1
+    return workers_per_node(role, ex) * blocks
 
 
 def _accelerators(ex: ExecutorSpec) -> list[str]:
@@ -272,8 +284,10 @@ def _provider(ex: ExecutorSpec):
     )
 
 
-def to_parsl_config(site: SiteSpec, run_dir: str | Path, retry_handler=None):
-    """The Parsl `Config` for a site: one HighThroughputExecutor per role."""
+def to_parsl_config(site: SiteSpec, run_dir: str | Path):
+    """The Parsl `Config` for a site: one HighThroughputExecutor per role. Parsl's retries
+    and block error handler are off: alflow's scheduler retries (recording every attempt)
+    and replaces stalled blocks itself."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
 
@@ -301,11 +315,11 @@ def to_parsl_config(site: SiteSpec, run_dir: str | Path, retry_handler=None):
             heartbeat_threshold=site.heartbeat_threshold_s,
             poll_period=10,
             encrypted=False,
+            block_error_handler=False,
         ))
     return Config(
         executors=executors,
-        retries=site.retries,
-        retry_handler=retry_handler,
+        retries=0,
         run_dir=str(run_dir),
         strategy="simple",
         max_idletime=30.0,

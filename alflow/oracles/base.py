@@ -27,9 +27,16 @@ from ase import Atoms
 
 from alflow.geometry import settings_hash
 
-ERROR_CLASSES = frozenset(
-    {"scf_not_converged", "timeout", "crash", "oom", "invalid_input", "calculator_error"}
-)
+# Why a label failed: the one vocabulary (the label table's CHECK constraint holds it too).
+ERROR_CLASSES = frozenset({
+    "scf_not_converged",  # the SCF did not converge, nor with the second-order retry
+    "timeout",  # past the oracle's (or the task's) time limit
+    "crash",  # the process computing it died (segfault, OOM killer, a lost worker)
+    "oom",  # the code ran out of memory and said so
+    "invalid_input",  # the oracle cannot take this geometry or these settings
+    "calculator_error",  # the code raised, or returned non-finite numbers
+    "task_error",  # the labelling task failed outside the oracle (e.g. on its worker)
+})
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,6 +12,7 @@ only needs e.g. `in_validation` or the calibration should not pay for it.
     Ensemble.load(paths).predict(atoms_list)    ensemble.py
     EnsembleCalculator(ensemble)                calculator.py (ASE, eV / Å)
     calibrate(sigma_f, error) -> CalibrationRecord   calibration.py
+    evaluate_ensemble(ensemble, atoms, E, F) -> EnsembleEvaluation   metrics.py
     save_member / load_member / export_schnetpack    checkpoint.py
 """
 
@@ -27,12 +28,20 @@ _EXPORTS = {
     "in_validation": "split",
     "fit_energy_reference": "train",
     "Ensemble": "ensemble",
+    "Prediction": "ensemble",
+    "TorchPrediction": "ensemble",
     "force_uncertainty": "ensemble",
     "resolve_device": "ensemble",
     "EnsembleCalculator": "calculator",
+    "CalculatorModel": "calculator",
     "calibrate": "calibration",
     "CalibrationRecord": "calibration",
     "frame_force_rmse": "calibration",
+    "evaluate_ensemble": "metrics",
+    "EnsembleEvaluation": "metrics",
+    "Errors": "metrics",
+    "miscalibration_area": "metrics",
+    "in_test_set": "split",
     "save_member": "checkpoint",
     "load_member": "checkpoint",
     "export_schnetpack": "checkpoint",

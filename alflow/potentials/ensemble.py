@@ -22,9 +22,9 @@ Uncertainty (M members, geometry with n atoms):
   u_i  = 1/(M−1) Σ_m ‖F̂_i^(m) − F̄_i‖² / 3             per atom (σ_F² = mean_i u_i),
   σ_E  = standard deviation of member energies (ddof=1).
 
-`predict` returns numpy per geometry; `predict_torch` returns tensors that stay
-differentiable in the positions (second order: ∂σ_F²/∂R, forces being gradients) for the
-adversarial attack.
+`predict` returns a `Prediction` (numpy, per geometry); `predict_torch` a
+`TorchPrediction` of tensors that stay differentiable in the positions (second order:
+∂σ_F²/∂R, forces being gradients) for the adversarial attack.
 
 Members of absolute positions (representation ``"coordinates"``, `Member.uses_positions`)
 take the same route without a neighbour list: each core gets R itself and forces are
@@ -35,6 +35,7 @@ unchanged by their existence.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,6 +45,82 @@ from ase import Atoms
 
 from alflow.potentials.graph import Graph, build_graph
 from alflow.potentials.model import Member, check_elements, pair_forces, pair_virial
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What the ensemble says about B geometries (numpy, float64; eV, Å).
+
+    Per geometry (B,): ``energy`` (member mean), ``energy_std`` (ddof 1), ``sigma_f2``
+    [eV²/Å², the frame's force variance σ_F²] and its square root ``sigma_f``; per atom, one
+    array per geometry: ``forces`` (n, 3) mean and ``atomic_uncertainty`` u_i (n,)
+    [eV²/Å²]. ``stress`` (B, 3, 3) [eV/Å³, NaN where not periodic] when it was asked for;
+    ``energy_members`` (M, B) and ``forces_members`` (one (M, n, 3) per geometry) when
+    members were asked for.
+    """
+
+    energy: np.ndarray
+    energy_std: np.ndarray
+    sigma_f2: np.ndarray
+    forces: list[np.ndarray]
+    atomic_uncertainty: list[np.ndarray]
+    stress: np.ndarray | None = None
+    energy_members: np.ndarray | None = None
+    forces_members: list[np.ndarray] | None = None
+
+    @property
+    def sigma_f(self) -> np.ndarray:
+        return np.sqrt(self.sigma_f2)
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+    @classmethod
+    def empty(cls, n_members: int, members: bool = False) -> Prediction:
+        return cls(np.zeros(0), np.zeros(0), np.zeros(0), [], [],
+                   energy_members=np.zeros((n_members, 0)) if members else None,
+                   forces_members=[] if members else None)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Prediction]) -> Prediction:
+        """One prediction from consecutive batches (in order)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return cls(
+            energy=np.concatenate([p.energy for p in parts]),
+            energy_std=np.concatenate([p.energy_std for p in parts]),
+            sigma_f2=np.concatenate([p.sigma_f2 for p in parts]),
+            forces=[f for p in parts for f in p.forces],
+            atomic_uncertainty=[u for p in parts for u in p.atomic_uncertainty],
+            stress=None if first.stress is None else np.concatenate([p.stress for p in parts]),
+            energy_members=(None if first.energy_members is None
+                            else np.concatenate([p.energy_members for p in parts], axis=1)),
+            forces_members=(None if first.forces_members is None
+                            else [f for p in parts for f in p.forces_members]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class TorchPrediction:
+    """`Prediction`'s differentiable form for a batch (torch tensors, flat over atoms).
+
+    ``energy`` (B,) mean [float64], ``energy_members`` (M, B), ``energy_std`` (B,),
+    ``forces`` (N, 3) mean, ``forces_members`` (M, N, 3), ``sigma_f2`` (B,),
+    ``atomic_uncertainty`` (N,), ``idx_m`` (N,) geometry of each atom, ``n_atoms`` (B,),
+    ``stress`` (B, 3, 3) mean when asked for.
+    """
+
+    energy: torch.Tensor
+    energy_members: torch.Tensor
+    energy_std: torch.Tensor
+    forces: torch.Tensor
+    forces_members: torch.Tensor
+    sigma_f2: torch.Tensor
+    atomic_uncertainty: torch.Tensor
+    idx_m: torch.Tensor
+    n_atoms: torch.Tensor
+    stress: torch.Tensor | None = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -240,61 +317,42 @@ class Ensemble:
         batch_size: int = 64,
         stress: bool | None = None,
         members: bool = False,
-    ) -> dict[str, Any]:
-        """Ensemble predictions in eV / Å, batched over geometries.
+    ) -> Prediction:
+        """Ensemble predictions in eV / Å for every geometry, batched (see `Prediction`).
 
-        Returns per-geometry arrays of length B: ``energy``, ``energy_std``, ``sigma_f2``
-        [eV²/Å²], ``sigma_f`` (its square root), ``stress`` (B, 3, 3) [eV/Å³, NaN when
-        not periodic; only when `stress` is True, or None and a geometry is periodic];
-        lists of B per-atom arrays: ``forces`` (n, 3) and ``atomic_uncertainty`` (n,);
-        with `members`: ``energy_members`` (M, B) and ``forces_members`` (list of (M, n, 3)).
+        Stress is computed when `stress` is True, or None and a geometry is periodic;
+        member energies and forces only with `members`.
         """
         if isinstance(atoms_list, Atoms):
             atoms_list = [atoms_list]
         atoms_list = list(atoms_list)
         if not atoms_list:
-            empty: dict[str, Any] = {k: np.zeros(0) for k in ("energy", "energy_std", "sigma_f2", "sigma_f")}
-            empty.update(forces=[], atomic_uncertainty=[])
-            if members:
-                empty.update(energy_members=np.zeros((self.size, 0)), forces_members=[])
-            return empty
+            return Prediction.empty(self.size, members)
         if stress is None:
             stress = any(a.pbc.all() for a in atoms_list)
-        parts: list[dict[str, Any]] = []
+        parts: list[Prediction] = []
         for start in range(0, len(atoms_list), batch_size):
             chunk = atoms_list[start : start + batch_size]
             g = self.graph(chunk)
             out = self.evaluate(g, stress=stress)
             parts.append(self._summarise(g, out, members))
-        result: dict[str, Any] = {}
-        for key in parts[0]:
-            values = [p[key] for p in parts]
-            if isinstance(values[0], list):
-                result[key] = [x for v in values for x in v]
-            else:
-                axis = 1 if key.endswith("_members") else 0
-                result[key] = np.concatenate(values, axis=axis)
-        return result
+        return Prediction.concatenate(parts)
 
-    def _summarise(self, g: Graph, out: dict[str, torch.Tensor], members: bool) -> dict[str, Any]:
+    def _summarise(self, g: Graph, out: dict[str, torch.Tensor], members: bool) -> Prediction:
         forces = out["forces"].detach()
         energy = out["energy"].detach()
         sigma_f2, u = force_uncertainty(forces, g.idx_m, g.n_atoms)
         np_ = lambda t: t.detach().to("cpu", torch.float64).numpy()  # noqa: E731
-        res: dict[str, Any] = {
-            "energy": np_(energy.mean(0)),
-            "energy_std": np_(energy.std(0)) if self.size > 1 else np.full(g.n_graphs, np.nan),
-            "sigma_f2": np_(sigma_f2),
-            "sigma_f": np.sqrt(np_(sigma_f2)),
-            "forces": g.split(np_(forces.mean(0))),
-            "atomic_uncertainty": g.split(np_(u)),
-        }
-        if "stress" in out:
-            res["stress"] = np_(out["stress"].detach().mean(0))
-        if members:
-            res["energy_members"] = np_(energy)
-            res["forces_members"] = g.split(np_(forces), dim=1)
-        return res
+        return Prediction(
+            energy=np_(energy.mean(0)),
+            energy_std=np_(energy.std(0)) if self.size > 1 else np.full(g.n_graphs, np.nan),
+            sigma_f2=np_(sigma_f2),
+            forces=g.split(np_(forces.mean(0))),
+            atomic_uncertainty=g.split(np_(u)),
+            stress=np_(out["stress"].detach().mean(0)) if "stress" in out else None,
+            energy_members=np_(energy) if members else None,
+            forces_members=g.split(np_(forces), dim=1) if members else None,
+        )
 
     def predict_torch(
         self,
@@ -303,7 +361,7 @@ class Ensemble:
         *,
         create_graph: bool | None = None,
         stress: bool = False,
-    ) -> dict[str, torch.Tensor]:
+    ) -> TorchPrediction:
         """Differentiable predictions for a batch of geometries (same or mixed sizes).
 
         `positions`: (N, 3) tensor of all atoms in order, or one (n_i, 3) tensor per
@@ -311,11 +369,8 @@ class Ensemble:
         detached positions on each call (the cosine cutoff keeps energies smooth across
         list changes). `create_graph` defaults to `positions.requires_grad`.
 
-        Returns tensors: ``energy`` (B,) mean [float64], ``energy_members`` (M, B),
-        ``energy_std`` (B,), ``forces`` (N, 3) mean, ``forces_members`` (M, N, 3),
-        ``sigma_f2`` (B,), ``atomic_uncertainty`` (N,), ``idx_m`` (N,), ``n_atoms`` (B,),
-        and ``stress`` (B, 3, 3) mean when asked. ∂(energy, sigma_f2)/∂positions works by
-        autograd when `create_graph` is True.
+        Returns a `TorchPrediction` (tensors; ∂(energy, sigma_f2)/∂positions works by
+        autograd when `create_graph` is True).
         """
         atoms_list = list(atoms_list)
         if positions is None:
@@ -334,17 +389,15 @@ class Ensemble:
         out = self.evaluate(g, pos, stress=stress, create_graph=create_graph)
         sigma_f2, u = force_uncertainty(out["forces"], g.idx_m, g.n_atoms)
         energy = out["energy"]
-        res = {
-            "energy": energy.mean(0),
-            "energy_members": energy,
-            "energy_std": energy.std(0) if self.size > 1 else energy[0] * float("nan"),
-            "forces": out["forces"].mean(0),
-            "forces_members": out["forces"],
-            "sigma_f2": sigma_f2,
-            "atomic_uncertainty": u,
-            "idx_m": g.idx_m,
-            "n_atoms": g.n_atoms,
-        }
-        if stress:
-            res["stress"] = out["stress"].mean(0)
-        return res
+        return TorchPrediction(
+            energy=energy.mean(0),
+            energy_members=energy,
+            energy_std=energy.std(0) if self.size > 1 else energy[0] * float("nan"),
+            forces=out["forces"].mean(0),
+            forces_members=out["forces"],
+            sigma_f2=sigma_f2,
+            atomic_uncertainty=u,
+            idx_m=g.idx_m,
+            n_atoms=g.n_atoms,
+            stress=out["stress"].mean(0) if stress else None,
+        )

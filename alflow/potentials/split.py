@@ -20,6 +20,13 @@ def in_validation(geometry_hash: str, val_fraction: float) -> bool:
     return int(geometry_hash[:16], 16) / 2.0**64 < val_fraction
 
 
+def in_test_set(geometry_hash: str, test_fraction: float) -> bool:
+    """Whether a geometry is held out for evaluation: hash bits 64..127 / 2⁶⁴ below
+    `test_fraction`. Fixed for a geometry and independent of the train/validation split,
+    which uses bits 0..63, so the test set of a campaign never changes as data arrive."""
+    return int(geometry_hash[16:32], 16) / 2.0**64 < test_fraction
+
+
 def split_indices(atoms_list: Sequence[Atoms], val_fraction: float) -> tuple[list[int], list[int]]:
     """(train, validation) indices of `atoms_list`, fixed by geometry hash."""
     train, val = [], []

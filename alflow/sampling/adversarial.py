@@ -55,7 +55,8 @@ finite differences in float64. Periodic seeds: the neighbour list is rebuilt eac
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +64,9 @@ from ase import Atoms
 
 from alflow.sampling.base import Candidate
 from alflow.spec import AdversarialSampler
+
+if TYPE_CHECKING:
+    from alflow.potentials.ensemble import TorchPrediction
 
 
 def log_partition(train_energies_per_atom: np.ndarray, kT: float) -> tuple[float, float]:
@@ -77,22 +81,32 @@ def log_partition(train_energies_per_atom: np.ndarray, kT: float) -> tuple[float
     return e_min, log_q
 
 
+@dataclass(frozen=True, eq=False)
+class AttackLoss:
+    """log L = log p + log σ_F² per seed (B,), its parts, and the ensemble's prediction."""
+
+    log_loss: torch.Tensor
+    log_p: torch.Tensor
+    sigma_f2: torch.Tensor  # float64
+    prediction: TorchPrediction
+
+
 def log_loss(
     ensemble, seeds: Sequence[Atoms], positions: torch.Tensor, *, kT: float, e_min: float,
     log_q: float, create_graph: bool | None = None,
-) -> dict[str, torch.Tensor]:
-    """log L, log p, σ_F² and the ensemble's outputs for all seeds at `positions` (N, 3).
+) -> AttackLoss:
+    """log L, log p and σ_F² of all seeds at `positions` (N, 3), with the ensemble's outputs.
 
     Differentiable in `positions` (second order) when `create_graph` (default: whether
-    `positions` requires grad). All tensors per seed (B,) except the ensemble's per-atom ones.
+    `positions` requires grad).
     """
     out = ensemble.predict_torch(seeds, positions, create_graph=create_graph)
-    n = out["n_atoms"].to(torch.float64)
-    e_pa = out["energy"].to(torch.float64) / n - e_min
+    n = out.n_atoms.to(torch.float64)
+    e_pa = out.energy.to(torch.float64) / n - e_min
     log_p = -e_pa / kT - log_q
-    sigma_f2 = out["sigma_f2"].to(torch.float64)
+    sigma_f2 = out.sigma_f2.to(torch.float64)
     log_l = log_p + torch.log(sigma_f2.clamp_min(1e-300))
-    return {**out, "log_loss": log_l, "log_p": log_p, "sigma_f2_64": sigma_f2}
+    return AttackLoss(log_l, log_p, sigma_f2, out)
 
 
 def _rigid_basis(x0: np.ndarray, periodic: bool) -> np.ndarray | None:
@@ -140,10 +154,10 @@ def attack(
     *,
     train_energies_per_atom: np.ndarray,
     rng_seed: int,
-    attacks_per_seed: int = 1,
     batch_size: int | None = None,
 ) -> list[Candidate]:
-    """Attack every seed (`attacks_per_seed` times from different δ₀); one candidate each.
+    """Attack every seed (`settings.attacks_per_seed` times from different δ₀); one
+    candidate per attack.
 
     `train_energies_per_atom`: labelled energies per atom (eV/atom) of the training set,
     for Q and the per-atom reference e_min (composition-specific: use one system's
@@ -154,7 +168,7 @@ def attack(
     ``kept`` ("last" or "best"), ``kT_eV``.
     """
     seeds = list(seeds)
-    jobs = [(k, s) for k, s in enumerate(seeds) for _ in range(attacks_per_seed)]
+    jobs = [(k, s) for k, s in enumerate(seeds) for _ in range(settings.attacks_per_seed)]
     if not jobs:
         return []
     e_min, log_q = log_partition(train_energies_per_atom, settings.kT_eV)
@@ -184,8 +198,8 @@ def _attack_batch(ensemble, jobs: list[tuple[int, Atoms]], deltas0: list[np.ndar
     kw = dict(kT=settings.kT_eV, e_min=e_min, log_q=log_q)
 
     initial = log_loss(ensemble, atoms, x0, create_graph=False, **kw)
-    sigma0 = initial["sigma_f2_64"].detach().numpy()
-    log_p0 = initial["log_p"].detach().numpy()
+    sigma0 = initial.sigma_f2.detach().numpy()
+    log_p0 = initial.log_p.detach().numpy()
 
     delta = torch.as_tensor(np.concatenate(deltas0), dtype=torch.float64).clone()
     _project(delta, bases, slices, settings.max_displacement, settings.remove_rigid)
@@ -198,12 +212,12 @@ def _attack_batch(ensemble, jobs: list[tuple[int, Atoms]], deltas0: list[np.ndar
     best_delta = [d.copy() for d in deltas0]
     best_stats: list[dict[str, Any]] = [{} for _ in range(nb)]
 
-    def consider(step: int, res: dict[str, torch.Tensor], d: np.ndarray) -> np.ndarray:
-        ll = res["log_loss"].detach().numpy()
-        sig = res["sigma_f2_64"].detach().numpy()
-        lp = res["log_p"].detach().numpy()
-        en = res["energy"].detach().to(torch.float64).numpy()
-        u = res["atomic_uncertainty"].detach().to(torch.float64).numpy()
+    def consider(step: int, res: AttackLoss, d: np.ndarray) -> np.ndarray:
+        ll = res.log_loss.detach().numpy()
+        sig = res.sigma_f2.detach().numpy()
+        lp = res.log_p.detach().numpy()
+        en = res.prediction.energy.detach().to(torch.float64).numpy()
+        u = res.prediction.atomic_uncertainty.detach().to(torch.float64).numpy()
         for j in range(nb):
             if np.isfinite(ll[j]) and ll[j] > best_l[j]:
                 best_l[j], best_step[j] = ll[j], step
@@ -218,7 +232,7 @@ def _attack_batch(ensemble, jobs: list[tuple[int, Atoms]], deltas0: list[np.ndar
         opt.zero_grad(set_to_none=True)
         res = log_loss(ensemble, atoms, x0 + delta, create_graph=True, **kw)
         consider(step, res, delta.detach().numpy())
-        (-res["log_loss"].sum()).backward()  # seeds are independent: one sum, per-seed grads
+        (-res.log_loss.sum()).backward()  # seeds are independent: one sum, per-seed grads
         opt.step()
         _project(delta.data, bases, slices, settings.max_displacement, settings.remove_rigid)
     final = log_loss(ensemble, atoms, x0 + delta.detach(), create_graph=False, **kw)
@@ -229,9 +243,9 @@ def _attack_batch(ensemble, jobs: list[tuple[int, Atoms]], deltas0: list[np.ndar
         if not best_stats[j]:  # no finite loss anywhere: report the last point as is
             best_delta[j] = delta.detach().numpy()[slices[j]].copy()
             best_step[j] = settings.steps
-            best_stats[j] = {"sigma_f2": float(final["sigma_f2_64"][j]), "log_p": float(final["log_p"][j]),
-                             "energy": float(final["energy"][j]),
-                             "u": final["atomic_uncertainty"].detach().to(torch.float64).numpy()[slices[j]]}
+            best_stats[j] = {"sigma_f2": float(final.sigma_f2[j]), "log_p": float(final.log_p[j]),
+                             "energy": float(final.prediction.energy[j]),
+                             "u": final.prediction.atomic_uncertainty.detach().to(torch.float64).numpy()[slices[j]]}
         d = best_delta[j]
         a = seed.copy()
         a.calc = None
@@ -247,7 +261,7 @@ def _attack_batch(ensemble, jobs: list[tuple[int, Atoms]], deltas0: list[np.ndar
                 "attack": first + j, "delta": d.tolist(),
                 "max_delta": float(np.linalg.norm(d, axis=1).max()) if len(d) else 0.0,
                 "sigma_f2_initial": float(sigma0[j]), "log_p_initial": float(log_p0[j]),
-                "sigma_f2_last": float(final["sigma_f2_64"][j]), "log_loss_last": float(last_ll[j]),
+                "sigma_f2_last": float(final.sigma_f2[j]), "log_loss_last": float(last_ll[j]),
                 "log_loss": float(best_l[j]), "best_step": int(best_step[j]), "steps": settings.steps,
                 "kept": "last" if best_step[j] == settings.steps else "best", "kT_eV": settings.kT_eV,
             },

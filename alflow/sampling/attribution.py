@@ -37,13 +37,13 @@ def attribute_batch(
         return []
     if method == "force_variance":
         return [np.asarray(u, dtype=np.float64)
-                for u in ensemble.predict(atoms_list)["atomic_uncertainty"]]
+                for u in ensemble.predict(atoms_list).atomic_uncertainty]
     if method != "gradient":
         raise ValueError(f"unknown attribution method {method!r} (gradient or force_variance)")
     pos = torch.as_tensor(np.concatenate([a.positions for a in atoms_list]), dtype=torch.float64)
     pos.requires_grad_(True)
     out = ensemble.predict_torch(atoms_list, pos, create_graph=True)
-    s_total = out["atomic_uncertainty"].sum()
+    s_total = out.atomic_uncertainty.sum()
     (grad,) = torch.autograd.grad(s_total, pos)
     scores = grad.abs().mean(dim=1).numpy()
     return np.split(scores, np.cumsum([len(a) for a in atoms_list])[:-1])

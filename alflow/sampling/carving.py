@@ -41,6 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from alflow.bonds import bond_list
 from alflow.geometry import atoms_hash
 from alflow.sampling.selection import find_duplicates, minimum_image, periodic_widths
 
@@ -121,18 +122,6 @@ class CarveRejected(ValueError):
         self.reason = reason
 
 
-def _neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, D_ij) within `cutoff`: vesin (~30× faster), ASE for cells vesin refuses."""
-    try:
-        from vesin import ase_neighbor_list
-
-        return ase_neighbor_list("ijD", atoms, cutoff)
-    except (ImportError, ValueError, RuntimeError):
-        from ase.neighborlist import neighbor_list
-
-        return neighbor_list("ijD", atoms, cutoff)
-
-
 class _FrameGraph:
     """Bond graph of one frame (minimum-image aware), computed once and shared by centres.
 
@@ -147,19 +136,8 @@ class _FrameGraph:
         self.positions = np.asarray(atoms.positions, float)
         self.symbols = [chemical_symbols[z] for z in self.numbers]
         n = len(atoms)
-        radii = covalent_radii[self.numbers]
-        tol = self._tolerance_table()
-        present = np.unique(self.numbers)
-        max_cut = float((tol[np.ix_(present, present)]
-                         * (covalent_radii[present][:, None] + covalent_radii[present])).max())
-        if n > 1:
-            i, j, vec = _neighbour_list(atoms, max_cut)
-        else:
-            i, j, vec = np.zeros(0, int), np.zeros(0, int), np.zeros((0, 3))
-        d = np.linalg.norm(vec, axis=1)
-        bonded = d < tol[self.numbers[i], self.numbers[j]] * (radii[i] + radii[j])
-        order = np.argsort(i[bonded], kind="stable")
-        self.i, self.j, self.vec = i[bonded][order], j[bonded][order], vec[bonded][order]
+        bonds = bond_list(atoms, options.bond_tolerance, options.pair_tolerance)
+        self.i, self.j, self.vec = bonds.i, bonds.j, bonds.vectors
         self.first = np.searchsorted(self.i, np.arange(n + 1))
         cappable = np.array([s in CAPPABLE for s in self.symbols])
         self.covalent = cappable[self.i] & cappable[self.j]  # edges that may be capped
@@ -168,13 +146,6 @@ class _FrameGraph:
         _, self.component = connected_components(graph, directed=False)
         self.component_size = np.bincount(self.component)
         self._unwrapped: dict[int, tuple[dict[int, int], np.ndarray] | None] = {}
-
-    def _tolerance_table(self) -> np.ndarray:
-        table = np.full((119, 119), float(self.options.bond_tolerance))
-        for (a, b), value in self.options.pair_tolerance.items():
-            za, zb = atomic_numbers[a], atomic_numbers[b]
-            table[za, zb] = table[zb, za] = float(value)
-        return table
 
     def whole(self, c: int, seed: int) -> tuple[dict[int, int], np.ndarray] | None:
         """Member → row map and unwrapped positions of finite component `c`, else None.

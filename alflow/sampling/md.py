@@ -1,4 +1,8 @@
-"""NN-MD walkers on the ensemble: Langevin NVT that stops where the model stops being trusted.
+"""MD walkers: batched Langevin NVT that stops where the model stops being trusted.
+
+The one MD of alflow: NN-MD sampling with the ensemble, and the validation's NN-MD and
+reference MD (an ASE calculator behind `alflow.potentials.CalculatorModel`) all run here,
+with one stop vocabulary and one settings object (`alflow.spec.MDSettings`).
 
 Why a walker: MD with the current ensemble visits the thermally accessible geometries the
 model believes in; where the ensemble disagrees (σ_F rises) or the physics breaks, the
@@ -36,51 +40,75 @@ Stopping, checked every step in this order (a broken geometry is never labelled)
 Frames returned (relation "md"): every `save_every` steps; on ``trust_hi`` the frame that
 tripped it and the last frame below it (the most uncertain frame still a candidate); on a
 physical guard the last good frame before the broken one. The seed itself (step 0) is
-never returned. Every step's max and mean u_i are kept per walker.
+never returned. Every step's max and mean u_i are kept per walker (`WalkerRecord`).
+
+`model` is anything with ``predict(atoms_list, batch_size=...) -> Prediction`` (an
+`Ensemble`, or a `CalculatorModel` around an ASE calculator, whose uncertainty is NaN and so
+never trips trust_hi).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.data import covalent_radii
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
-from ase.neighborlist import neighbor_list
 from scipy.spatial.distance import pdist
 
+from alflow.bonds import bond_list
 from alflow.potentials.graph import neighbour_list
 from alflow.sampling.base import Candidate
-from alflow.spec import MDSampler
+from alflow.spec import MDSettings
 
 StopReason = Literal["trust_hi", "bond_guard", "min_distance", "energy_blowup", "max_steps"]
+PHYSICAL_STOPS: frozenset[str] = frozenset({"bond_guard", "min_distance", "energy_blowup"})
+BATCH_SIZE = 64  # geometries per model call
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
+class WalkerRecord:
+    """One walker's story. `steps`: the last step whose frame was evaluated and recorded
+    (frames 0..steps); `stop_step`: the step that tripped `stop_reason`; `sigma_f_stop`:
+    the trust scalar of the tripping frame (eV/Å: σ_F, or sqrt(max u_i) with
+    stop_on="atom"; None for other stops); per evaluated frame (index = step, 0 = seed):
+    `u_max`, `u_mean` [eV²/Å²], `epot`, `ekin` [eV]."""
+
+    walker: int
+    parent: int
+    steps: int
+    stop_reason: StopReason
+    stop_step: int
+    sigma_f_stop: float | None
+    n_frames: int
+    u_max: np.ndarray
+    u_mean: np.ndarray
+    epot: np.ndarray
+    ekin: np.ndarray
+
+    def stability_time_fs(self, timestep_fs: float, total_steps: int) -> float:
+        """Time of the first physically broken frame, or the whole run if none broke."""
+        step = self.stop_step if self.stop_reason in PHYSICAL_STOPS else total_steps
+        return float(step * timestep_fs)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for k in ("u_max", "u_mean", "epot", "ekin"):
+            out[k] = [v if math.isfinite(v) else None for v in np.asarray(out[k], float).tolist()]
+        return out
+
+
+@dataclass(frozen=True, eq=False)
 class MDResult:
-    """Candidates of all walkers, and one JSON-able record (a dict) per walker.
-
-    Walker record keys: ``walker``, ``parent`` (seed index), ``steps`` (the last step whose
-    frame was evaluated and recorded: frames 0..steps), ``stop_reason``,
-    ``stop_step`` (the step that tripped it), ``sigma_f_stop`` (the trust scalar of the
-    tripping frame, eV/Å: σ_F, or sqrt(max u_i) with stop_on="atom"; None otherwise), ``n_frames``, and per evaluated frame
-    (index = step, 0 = seed): ``u_max``, ``u_mean`` [eV²/Å²], ``epot``, ``ekin`` [eV].
-    """
+    """Candidates of all walkers (sorted by walker, then step) and one record per walker."""
 
     candidates: list[Candidate]
-    walkers: list[dict[str, Any]] = field(default_factory=list)
+    walkers: list[WalkerRecord] = field(default_factory=list)
 
-
-def initial_bonds(atoms: Atoms, tolerance: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bonded pairs (i < j) of a geometry and their cell shifts: d < tolerance·(r_i + r_j)."""
-    radii = tolerance * covalent_radii[atoms.numbers]
-    if len(atoms) < 2:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 3))
-    i, j, shift = neighbor_list("ijS", atoms, radii.tolist(), self_interaction=False)
-    keep = i < j
-    return i[keep], j[keep], shift[keep] @ atoms.cell.array
+    def frames_of(self, walker: int) -> list[Candidate]:
+        return [c for c in self.candidates if c.info["walker"] == walker]
 
 
 def _walker_seeds(n: int, rng_seed: int) -> list[np.random.Generator]:
@@ -96,8 +124,9 @@ class _Walker:
         self.template = seed.copy()
         self.template.calc = None
         self.n = len(seed)
-        self.bi, self.bj, self.boff = initial_bonds(seed, bond_tolerance)
-        self.b0 = np.linalg.norm(seed.positions[self.bj] - seed.positions[self.bi] + self.boff, axis=1)
+        bonds = bond_list(seed, bond_tolerance).unique()
+        self.bi, self.bj, self.boff = bonds.i, bonds.j, bonds.offsets(seed.positions)
+        self.b0 = bonds.lengths
         self.active = True
         self.steps = 0
         self.stop_reason: StopReason | None = None
@@ -135,47 +164,34 @@ class _Walker:
     def stop(self, reason: StopReason, step: int, sigma_f: float | None = None) -> None:
         self.active, self.stop_reason, self.stop_step, self.sigma_f_stop = False, reason, step, sigma_f
 
-    def record(self) -> dict[str, Any]:
-        return {
-            "walker": self.index, "parent": self.parent, "steps": self.steps,
-            "stop_reason": self.stop_reason, "stop_step": self.stop_step,
-            "sigma_f_stop": self.sigma_f_stop, "n_frames": len(self.saved),
-            "u_max": np.asarray(self.u_max), "u_mean": np.asarray(self.u_mean),
-            "epot": np.asarray(self.epot), "ekin": np.asarray(self.ekin),
-        }
+    def record(self) -> WalkerRecord:
+        return WalkerRecord(
+            walker=self.index, parent=self.parent, steps=self.steps,
+            stop_reason=self.stop_reason or "max_steps", stop_step=int(self.stop_step or 0),
+            sigma_f_stop=self.sigma_f_stop, n_frames=len(self.saved),
+            u_max=np.asarray(self.u_max), u_mean=np.asarray(self.u_mean),
+            epot=np.asarray(self.epot), ekin=np.asarray(self.ekin),
+        )
 
 
 def run_md(
-    ensemble,
+    model,
     seeds: Sequence[Atoms],
-    settings: MDSampler,
+    settings: MDSettings,
     *,
-    trust_hi: float,
     rng_seed: int,
-    walkers_per_seed: int | None = None,
-    stop_on: Literal["frame", "atom"] = "frame",
-    energy_blowup_per_atom: float = 1.0,
-    bond_tolerance: float = 1.2,
-    save_before_trust_hi: bool = True,
-    friction_per_fs: float | None = None,
-    batch_size: int = 64,
+    trust_hi: float = math.inf,
 ) -> MDResult:
-    """Run Langevin walkers from `seeds` with `ensemble` until a stop rule trips (module doc).
+    """Run one Langevin walker from each of `seeds` with `model` until a stop rule trips.
 
-    `trust_hi` is in eV/Å, on sqrt(σ_F²) (or sqrt(max u_i) with ``stop_on="atom"``).
-    `walkers_per_seed` None means one walker per seed (the engine picks `settings.walkers`
-    seeds, repeating seeds when it has few). `friction_per_fs` overrides the settings'
-    friction; 0 gives NVE (the spec forbids 0, tests and notebooks may use it).
-    Reproducible: the same inputs and `rng_seed` give the same trajectories.
+    `trust_hi` is in eV/Å, on sqrt(σ_F²) (or sqrt(max u_i) with ``settings.stop_on ==
+    "atom"``); infinite by default (validation and reference MD never stop on it). A seed
+    listed k times gives k independent walkers. ``settings.friction_per_fs == 0`` is NVE.
+    Reproducible: the same inputs and `rng_seed` give the same trajectories, and a walker's
+    trajectory does not depend on the other walkers.
     """
-    if stop_on not in ("frame", "atom"):
-        raise ValueError(f"stop_on must be 'frame' or 'atom', got {stop_on!r}")
     seeds = list(seeds)
-    per_seed = 1 if walkers_per_seed is None else int(walkers_per_seed)
-    if per_seed < 1:
-        raise ValueError(f"walkers_per_seed must be at least 1, got {per_seed}")
-    walkers = [_Walker(k * per_seed + r, k, s, bond_tolerance)
-               for k, s in enumerate(seeds) for r in range(per_seed)]
+    walkers = [_Walker(k, k, s, settings.bond_tolerance) for k, s in enumerate(seeds)]
     if not walkers:
         return MDResult([], [])
     gens = _walker_seeds(len(walkers), rng_seed)
@@ -199,7 +215,7 @@ def run_md(
         v[s] = a.get_velocities()
 
     dt = settings.timestep_fs * units.fs
-    gamma_dt = (settings.friction_per_fs if friction_per_fs is None else friction_per_fs) * settings.timestep_fs
+    gamma_dt = settings.friction_per_fs * settings.timestep_fs
     c1 = np.exp(-gamma_dt)
     c2 = np.sqrt(max(0.0, 1.0 - c1 * c1))
     sigma_v = np.sqrt(kT / masses)
@@ -209,7 +225,7 @@ def run_md(
 
     def frame_scalar(pred: dict[str, Any]) -> float:
         u = pred["u"]
-        val = np.max(u) if stop_on == "atom" else pred["sigma_f2"]
+        val = np.max(u) if settings.stop_on == "atom" else pred["sigma_f2"]
         return float(np.sqrt(max(val, 0.0)))
 
     def save(w: _Walker, step: int, pos: np.ndarray, pred: dict[str, Any], event: str, sigma0: float) -> None:
@@ -228,12 +244,12 @@ def run_md(
 
     def evaluate(active: list[int]) -> dict[int, dict[str, Any]]:
         batch = [walkers[k].atoms_at(x[sl[k]]) for k in active]
-        out = ensemble.predict(batch, batch_size=batch_size)
+        out = model.predict(batch, batch_size=BATCH_SIZE)
         res = {}
         for b, k in enumerate(active):
-            res[k] = {"energy": float(out["energy"][b]), "sigma_f2": float(out["sigma_f2"][b]),
-                      "u": np.asarray(out["atomic_uncertainty"][b], dtype=np.float64),
-                      "forces": np.asarray(out["forces"][b], dtype=np.float64)}
+            res[k] = {"energy": float(out.energy[b]), "sigma_f2": float(out.sigma_f2[b]),
+                      "u": np.asarray(out.atomic_uncertainty[b], dtype=np.float64),
+                      "forces": np.asarray(out.forces[b], dtype=np.float64)}
         return res
 
     def ekin(k: int) -> float:
@@ -249,7 +265,7 @@ def run_md(
             e0[k] = e
             sigma_init[k] = pred["sigma_f2"]
         finite = np.isfinite(e) and np.all(np.isfinite(pred["forces"]))  # u is NaN for M=1
-        if not finite or abs(e - e0[k]) / w.n > energy_blowup_per_atom:
+        if not finite or abs(e - e0[k]) / w.n > settings.energy_blowup_per_atom:
             w.stop("energy_blowup", step)
             if w.last is not None:
                 save(w, *w.last, "before_energy_blowup", sigma_init[k])
@@ -262,7 +278,7 @@ def run_md(
         s = frame_scalar(pred)
         if s >= trust_hi:
             w.stop("trust_hi", step, s)
-            if save_before_trust_hi and w.last is not None:
+            if w.last is not None:
                 save(w, *w.last, "last_below_trust_hi", sigma_init[k])
             save(w, step, x[sl[k]].copy(), pred, "trust_hi", sigma_init[k])
             return

@@ -1,0 +1,31 @@
+"""Kill -9 a real campaign three times and resume it: no oracle call repeated, no label
+lost, no process of a killed run left alive (benchmarks/chaos.py runs twenty)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from chaos import run_trial
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_kills_repeat_no_oracle_call_and_lose_no_label(tmp_path):
+    kills = [
+        ((0, "label"), 1.0, False),  # only the alflow process: its reaper must end the rest
+        ((0, "train"), 2.0, True),  # the whole process group
+        ((1, "sample"), 0.5, True),
+    ]
+    report = run_trial(tmp_path, "chaos_test", kills)
+    assert [(k.generation, k.step) for k in report.kills][:1] == [(0, "label")]
+    assert len(report.kills) == 3
+    assert report.finished
+    assert report.duplicate_calls == 0 and report.labels_lost == 0
+    assert report.oracle_calls >= 12  # the initial geometries, at least
+    for k in report.kills:
+        assert k.run_processes >= 3, k  # interchanges and worker pools were recorded
+        assert k.cleanup_s is not None and k.cleanup_s < 60, k  # all gone within 60 s

@@ -1,0 +1,400 @@
+"""The engine's logic without Parsl: steps and the scheduler on an in-process backend (the
+same `apps.execute` the workers run, in threads), real science on tiny problems (the
+analytic double well, a coordinates model), real SQLite and PostgreSQL.
+
+The scheduler's watchdog is tested with a backend whose futures we control: it is the
+only way to make an executor stall or lose a result on demand (named as such below).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from alflow.db import models as m
+from alflow.db.session import get_engine, session_factory, upgrade
+from alflow.engine import durable
+from alflow.engine.backends import InlineBackend
+from alflow.engine.campaign import load_context, run
+from alflow.engine.context import Status
+from alflow.engine.create import create_campaign
+from alflow.engine.results import Envelope, LabelRequest, Outcome
+from alflow.engine.scheduler import Limits, Scheduler, TaskLedger, WorkItem
+from alflow.engine.states import TaskError
+from alflow.engine.steps import label as label_step
+from alflow.engine.steps import stop
+from alflow.engine.steps.label import LabelFacts
+from alflow.engine.steps.train import TrainFacts
+from alflow.spec import StoppingSpec, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def double_well_spec(tmp_path: Path, name: str, **changes) -> Path:
+    """The shipped double-well workflow, shrunk to seconds: 2 generations, short training."""
+    spec = yaml.safe_load((ROOT / "workflows" / "double_well.yaml").read_text())
+    spec["name"] = name
+    spec["initial_geometries"][0]["path"] = str(ROOT / "workflows/geometries/double_well_init.extxyz")
+    spec["training"].update(max_epochs=40, patience=40)
+    spec["model"].update(n_atom_basis=16, ensemble_size=2)
+    spec["samplers"] = [{"kind": "random", "scale": 0.3, "seeds": 6}]
+    spec["stopping"] = {"max_generations": 2}
+    for section, values in changes.items():
+        if isinstance(values, dict):
+            spec.setdefault(section, {}).update(values)
+        else:
+            spec[section] = values
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def inline(url: str, name: str, *, retries: int = 1, workers: int = 2) -> tuple:
+    ctx = load_context(url, name)
+    backend = InlineBackend({"oracle": workers, "train": workers, "sample": 1})
+    limits = Limits(time_limit_s={"oracle": 60, "train": 300, "sample": 300}, retries=retries,
+                    stall_s=30, poll_s=0.05)
+    return ctx, Scheduler(backend, TaskLedger(ctx.Session, ctx.id, "inline"), ctx.run_dir, limits)
+
+
+def new_campaign(tmp_path: Path, url: str, name: str, **changes) -> None:
+    upgrade(url)
+    create_campaign(load_spec(double_well_spec(tmp_path, name, **changes)), url, site="inline",
+                    workdir=tmp_path / name)
+
+
+def test_inline_campaign_runs_every_step_and_records_it(tmp_path, db_url):
+    new_campaign(tmp_path, db_url, "dw_inline")
+    ctx, scheduler = inline(db_url, "dw_inline")
+    reason = run(ctx, scheduler)
+    assert reason == "max_generations reached (2)"
+    with get_engine(db_url).connect() as c:
+        camp = c.execute(sa.select(m.Campaign)).one()
+        assert camp.status == "finished" and camp.stop_reason == reason
+        gens = c.execute(sa.select(m.Generation).order_by(m.Generation.idx)).all()
+        assert [g.state for g in gens] == ["done", "done"]
+        kinds = dict(c.execute(sa.text("SELECT kind, COUNT(*) FROM task WHERE status = 'done' GROUP BY kind")).all())
+        assert kinds["train"] == 4 and kinds["evaluate"] == 2 and kinds["sample"] == 2
+        assert c.execute(sa.text("SELECT COUNT(*) FROM task WHERE status <> 'done'")).scalar_one() == 0
+        # generation 1 labelled exactly what generation 0 selected, each label from a label task
+        assert c.execute(sa.text("SELECT COUNT(*) FROM label l JOIN task t ON t.id = l.task_id "
+                                 "WHERE t.kind = 'label' AND t.generation_id = :g"),
+                         {"g": gens[1].id}).scalar_one() == gens[0].n_selected > 0
+        # absolute thresholds are stored as given (calibrated eV/Å)
+        assert (gens[0].trust_lo, gens[0].trust_hi) == (0.1, 50.0)
+
+
+def test_a_resumed_label_step_records_finished_oracle_calls_instead_of_repeating_them(tmp_path, sqlite_url):
+    """A worker that finished oracle calls whose orchestrator died before recording them:
+    the calls are in the run directory, and the next run records them from there."""
+    new_campaign(tmp_path, sqlite_url, "dw_harvest", evaluation={"label_batch_size": 2})
+    ctx, scheduler = inline(sqlite_url, "dw_harvest")
+    with ctx.Session() as s:
+        gen = ctx.latest_generation(s)
+    items = label_step.plan(ctx, gen)
+    assert len(items) == 3  # 6 initial geometries, 2 per task
+    first = items[0]
+    (task_id,) = scheduler.ledger.open([(first, 1)])
+    from alflow.engine.apps import execute
+
+    execute(Envelope(task_id, first.key, str(ctx.run_dir), enforce_limit=False), first.request)
+    harvested = {job.geometry_id for job in first.request.jobs}
+    # the orchestrator "died" here: nothing of that task was recorded
+    with ctx.Session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(m.Label)) == 0
+    run(ctx, scheduler)
+    with get_engine(sqlite_url).connect() as c:
+        rows = dict(c.execute(sa.select(m.Label.geometry_id, m.Label.task_id)).all())
+        assert {rows[g] for g in harvested} == {task_id}  # not recomputed by a later task
+        assert c.execute(sa.text("SELECT status, error_class FROM task WHERE id = :t"),
+                         {"t": task_id}).one() == ("failed", "orchestrator_lost")
+        # the other generation-0 geometries went out in new tasks, never the harvested two
+        later = c.execute(sa.text("SELECT COUNT(*) FROM label l JOIN task t ON t.id = l.task_id "
+                                  "WHERE t.id <> :t AND l.geometry_id IN (:a, :b)"),
+                          {"t": task_id, "a": min(harvested), "b": max(harvested)}).scalar_one()
+        assert later == 0
+
+
+def test_percentile_thresholds_resolve_without_a_test_set_and_are_stored_as_numbers(tmp_path, sqlite_url):
+    new_campaign(tmp_path, sqlite_url, "dw_pct", evaluation={"test_fraction": 0.0},
+                 selection={"trust_lo": 10, "trust_hi": 100, "thresholds": "percentile",
+                            "max_per_generation": 10, "dedupe_tol": 0.05, "strategy": "farthest_point"},
+                 stopping={"max_generations": 1})
+    ctx, scheduler = inline(sqlite_url, "dw_pct")
+    run(ctx, scheduler)
+    with ctx.Session() as s:
+        gen = ctx.latest_generation(s)
+        sigma = np.asarray(ctx.ensemble_eval(s, gen.id).details["sigma_f_train"])
+        scale = ctx.calibration_scale(s, gen.id)
+    assert scale == 1.0  # no held-out frames: no calibration
+    lo, hi = np.percentile(sigma * scale, [10, 100])
+    assert gen.trust_lo == pytest.approx(lo) and gen.trust_hi == pytest.approx(hi)
+    assert 0 < gen.trust_lo < gen.trust_hi < 10  # eV/Å, not the percentiles 10 and 100
+    assert gen.n_accurate + gen.n_candidate + gen.n_failed == 6
+
+
+def test_failure_gate_stops_the_campaign_after_labelling(tmp_path, sqlite_url):
+    spec = yaml.safe_load(double_well_spec(tmp_path, "cu_gate").read_text())
+    from engine_helpers import cu_geometries
+
+    cu_geometries(tmp_path / "cu.extxyz", n=6)
+    spec.update(initial_geometries=[{"path": str(tmp_path / "cu.extxyz"), "multiplicity": 2}],
+                oracle={"kind": "ase", "calculator": "alflow.oracles.faulty:FaultyEMT",
+                        "settings": {"fail_fraction": 0.99}},
+                model={"representation": "painn", "n_atom_basis": 8, "n_interactions": 1, "n_rbf": 8,
+                       "cutoff": 4.0, "ensemble_size": 2},
+                stopping={"max_failed_fraction": 0.5, "stop_on_failed_generation": True})
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    upgrade(sqlite_url)
+    create_campaign(load_spec(path), sqlite_url, site="inline", workdir=tmp_path / "gate")
+    ctx, scheduler = inline(sqlite_url, "cu_gate")
+    reason = run(ctx, scheduler)
+    assert reason.startswith("generation 0 failed: 100% of labels failed")
+    with ctx.Session() as s:
+        gen = ctx.latest_generation(s)
+        assert gen.failed and gen.label_failed_fraction == 1.0 and gen.stop_reason == reason
+        assert s.scalar(sa.select(sa.func.count()).select_from(m.Model)) == 0  # never trained
+
+
+def test_stop_rules():
+    stop_spec = StoppingSpec(max_generations=3, oracle_budget=10, target_force_mae=0.1,
+                             accurate_fraction=0.9, accurate_generations=2)
+
+    def facts(idx=0, mae=0.5, calls=5, selected=3, buckets=((1, 5, 0),)):
+        return stop.GenerationFacts(idx, mae, calls, selected, list(buckets))
+
+    assert stop.after_generation(stop_spec, facts()) is None
+    assert "target force MAE" in stop.after_generation(stop_spec, facts(mae=0.05))
+    assert "accurate fraction" in stop.after_generation(stop_spec, facts(buckets=((9, 1, 0), (10, 0, 0))))
+    assert stop.after_generation(stop_spec, facts(buckets=((9, 1, 0),))) is None  # one generation only
+    assert "max_generations" in stop.after_generation(stop_spec, facts(idx=2))
+    assert "budget spent (10 of 10" in stop.after_generation(stop_spec, facts(calls=10))
+    assert "nothing left to label" in stop.after_generation(stop_spec, facts(selected=0))
+    gate = LabelFacts(n_labels=4, failed_fraction=0.75, gate_failed=True)
+    assert stop.failure_gate(StoppingSpec(stop_on_failed_generation=False), 0, gate) is None
+    assert "75% of labels failed" in stop.failure_gate(StoppingSpec(stop_on_failed_generation=True), 0, gate)
+    assert "only 1 ensemble member" in stop.too_few_members(2, TrainFacts(1))
+    assert stop.too_few_members(2, TrainFacts(2)) is None
+
+
+def test_status_refuses_a_misspelt_field():
+    from alflow.engine.context import CampaignContext
+
+    ctx = CampaignContext(id=1, name="x", spec=None, Session=None, workdir=Path("."), site_name=None,
+                          method_id=1, method_key="k")
+    ctx.emit(step="label")
+    assert ctx.status == Status(step="label")
+    with pytest.raises(TypeError):
+        ctx.emit(stpe="label")
+
+
+def test_error_vocabularies_are_one_and_the_database_holds_them(db_url):
+    from alflow.oracles.base import ERROR_CLASSES
+
+    assert set(m.LABEL_ERRORS) == set(ERROR_CLASSES)
+    assert set(m.TASK_ERRORS) == {e.value for e in TaskError}
+    assert set(label_step.TASK_TO_LABEL_ERROR.values()) <= ERROR_CLASSES
+    engine = get_engine(db_url)
+    with engine.begin() as c:
+        cid = c.execute(sa.insert(m.Campaign).values(name="v", spec={}, spec_sha256="0" * 64,
+                                                     alflow_version="t").returning(m.Campaign.id)).scalar_one()
+        c.execute(sa.insert(m.Task).values(campaign_id=cid, kind="label", error_class="stalled"))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as c:
+        c.execute(sa.insert(m.Task).values(campaign_id=cid, kind="label", error_class="WorkerLost"))
+    with engine.begin() as c:
+        gid = c.execute(sa.text("INSERT INTO geometry (content_hash, natoms, formula, numbers, positions, pbc, "
+                                "charge, multiplicity, origin) VALUES ('h', 1, 'H', :n, :p, 0, 0, 2, 'x') "
+                                "RETURNING id"), {"n": b"\x01", "p": bytes(24)}).scalar_one()
+        mid = c.execute(sa.text("INSERT INTO oracle_method (code, settings, settings_sha256) "
+                                "VALUES ('x', '{}', 's') RETURNING id")).scalar_one()
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as c:
+        c.execute(sa.insert(m.Label).values(geometry_id=gid, method_id=mid, status="failed",
+                                            error_class="task error"))
+
+
+# ------------------------------------------------------------------ the scheduler
+class ControlledBackend:
+    """A backend whose attempts do what the test says (the only way to make an executor
+    stall or lose a message on demand): `behaviour(attempt_number, envelope)` returns
+    "ok", "lost" (the worker died), "error", "silent" (never starts), "hang" (starts, never
+    ends) or "mute" (finishes, keeps its result durable, but its message never arrives)."""
+
+    enforce_limits = False
+
+    def __init__(self, behaviour, workers: int = 1):
+        self.behaviour = behaviour
+        self.workers = workers
+        self.calls: list[int] = []
+        self.replaced: list[str] = []
+
+    def submit(self, role, envelope: Envelope, request) -> Future:
+        self.calls.append(envelope.task_id)
+        fut: Future = Future()
+        what = self.behaviour(len(self.calls), envelope)
+        if what == "silent":
+            return fut
+        durable.mark_started(envelope.run_dir, envelope.task_id)
+        if what == "ok":
+            fut.set_result(f"result of {envelope.task_id}")
+        elif what == "lost":
+            fut.set_exception(type("WorkerLost", (Exception,), {})("worker died"))
+        elif what == "error":
+            fut.set_exception(ValueError("bad input"))
+        elif what == "mute":
+            durable.save_result(envelope.run_dir, envelope.key, envelope.task_id, f"kept {envelope.task_id}")
+        return fut
+
+    def capacity(self, role):
+        return self.workers
+
+    def live_workers(self, role):
+        return self.workers
+
+    def waiting_for_resources(self, role):
+        return False
+
+    def replace_workers(self, role):
+        self.replaced.append(role)
+        return f"{role}: replaced"
+
+    def classify(self, exc):
+        from alflow.engine.backends import classify_exception
+
+        return classify_exception(exc)
+
+    def tick(self):
+        pass
+
+
+@pytest.fixture
+def ledger(sqlite_url):
+    upgrade(sqlite_url)
+    Session = session_factory(sqlite_url)
+    with Session.begin() as s:
+        cid = s.scalar(sa.insert(m.Campaign).values(name="sched", spec={}, spec_sha256="0" * 64,
+                                                    alflow_version="t").returning(m.Campaign.id))
+    return TaskLedger(Session, cid, "test")
+
+
+def _drain(scheduler: Scheduler, bound_s: float = 20.0) -> list[tuple[WorkItem, Outcome]]:
+    out, t0 = [], time.monotonic()
+    for batch in scheduler.drain():
+        out += batch
+        with scheduler.ledger.Session.begin() as s:
+            scheduler.ledger.close(s, [o.extra["row"] for _, o in batch])
+        assert time.monotonic() - t0 < bound_s
+    return out
+
+
+def _rows(ledger):
+    with ledger.Session() as s:
+        return [tuple(r) for r in s.execute(sa.select(m.Task.tries, m.Task.status, m.Task.error_class)
+                                            .order_by(m.Task.id))]
+
+
+def _scheduler(backend, ledger, tmp_path, **limits) -> Scheduler:
+    base = {"time_limit_s": {"oracle": 30.0}, "retries": 1, "stall_s": 0.5, "grace_s": 0.3,
+            "result_grace_s": 0.3, "poll_s": 0.05}
+    return Scheduler(backend, ledger, tmp_path, Limits(**(base | limits)))
+
+
+def item(k: int = 0) -> WorkItem:
+    return WorkItem(kind="label", role="oracle", key=f"key-{k}", request=LabelRequest((), None))
+
+
+def test_a_lost_worker_is_retried_and_each_attempt_recorded(ledger, tmp_path):
+    sched = _scheduler(ControlledBackend(lambda n, env: "lost" if n == 1 else "ok"), ledger, tmp_path)
+    sched.submit([item()])
+    ((_, outcome),) = _drain(sched)
+    assert outcome.ok and outcome.result.startswith("result of")
+    assert _rows(ledger) == [(1, "failed", "worker_lost"), (2, "done", None)]
+
+
+def test_retries_are_spent_then_the_item_fails_with_its_class(ledger, tmp_path):
+    sched = _scheduler(ControlledBackend(lambda n, env: "lost"), ledger, tmp_path, retries=2)
+    sched.submit([item()])
+    ((_, outcome),) = _drain(sched)
+    assert not outcome.ok and outcome.error == "worker_lost"
+    assert _rows(ledger) == [(1, "failed", "worker_lost"), (2, "failed", "worker_lost"),
+                             (3, "failed", "worker_lost")]
+
+
+def test_an_error_raised_by_the_task_is_not_retried(ledger, tmp_path):
+    sched = _scheduler(ControlledBackend(lambda n, env: "error"), ledger, tmp_path)
+    sched.submit([item()])
+    ((_, outcome),) = _drain(sched)
+    assert outcome.error == "app_error" and "bad input" in outcome.message
+    assert _rows(ledger) == [(1, "failed", "app_error")]
+
+
+def test_a_stalled_executor_is_detected_its_blocks_replaced_and_the_work_retried(ledger, tmp_path):
+    backend = ControlledBackend(lambda n, env: "silent" if n <= 2 else "ok", workers=1)
+    sched = _scheduler(backend, ledger, tmp_path)
+    sched.submit([item(0), item(1)])
+    t0 = time.monotonic()
+    outcomes = _drain(sched)
+    assert time.monotonic() - t0 < 5  # stall_s 0.5 s, then the retries run at once
+    assert all(o.ok for _, o in outcomes) and backend.replaced == ["oracle"]
+    rows = _rows(ledger)
+    assert rows[:2] == [(1, "failed", "stalled"), (1, "failed", "stalled")]
+    assert sorted(rows[2:]) == [(2, "done", None), (2, "done", None)]
+    assert all(durable.abandoned(tmp_path, t) for t in backend.calls[:2])  # they may never run
+
+
+def test_an_attempt_that_started_but_never_reports_times_out(ledger, tmp_path):
+    backend = ControlledBackend(lambda n, env: "hang" if n == 1 else "ok")
+    sched = _scheduler(backend, ledger, tmp_path, time_limit_s={"oracle": 0.2})
+    sched.submit([item()])
+    ((_, outcome),) = _drain(sched)
+    assert outcome.ok
+    assert _rows(ledger) == [(1, "failed", "timeout"), (2, "done", None)]
+
+
+def test_a_result_whose_message_was_lost_is_read_back_from_the_run_directory(ledger, tmp_path):
+    backend = ControlledBackend(lambda n, env: "mute")
+    sched = _scheduler(backend, ledger, tmp_path)
+    sched.submit([item()])
+    ((_, outcome),) = _drain(sched)
+    assert outcome.ok and outcome.harvested and outcome.result == f"kept {backend.calls[0]}"
+    assert _rows(ledger) == [(1, "done", None)] and len(backend.calls) == 1
+
+
+def test_work_whose_result_is_durable_is_not_dispatched_again(ledger, tmp_path):
+    (task_id,) = ledger.open([(item(), 1)])
+    durable.save_result(tmp_path, "key-0", task_id, "computed before a crash")
+    backend = ControlledBackend(lambda n, env: "ok")
+    sched = _scheduler(backend, ledger, tmp_path)
+    sched.submit([item(), item(1)])
+    outcomes = {i.key: o for i, o in _drain(sched)}
+    assert outcomes["key-0"].harvested and outcomes["key-0"].result == "computed before a crash"
+    assert len(backend.calls) == 1  # only key-1 went out
+    # a durable result of another campaign's task is not taken
+    durable.save_result(tmp_path, "key-9", 10**6, "not ours")
+    sched.submit([item(9)])
+    ((_, o),) = _drain(sched)
+    assert not o.harvested and o.result.startswith("result of")
+
+
+def test_waiting_is_bounded_even_when_nothing_ever_runs(ledger, tmp_path):
+    backend = ControlledBackend(lambda n, env: "silent")
+    sched = _scheduler(backend, ledger, tmp_path, retries=1)
+    sched.submit([item()])
+    done = threading.Event()
+    result: list = []
+
+    def go():
+        result.extend(_drain(sched))
+        done.set()
+
+    threading.Thread(target=go, daemon=True).start()
+    assert done.wait(10)
+    ((_, outcome),) = result
+    assert outcome.error == "stalled" and len(backend.calls) == 2
