@@ -328,3 +328,67 @@ def test_cli_validate_good_and_bad(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and not bad.stdout
     assert lines[0].startswith(f"error: {path}: field 'selection.trust_lo'")
+
+
+# ------------------------------------------------------------ sizes, finiteness (issue 13)
+def alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for k in range(1, levels):
+        lines.append(f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nbomb: *a{levels - 1}\n"
+
+
+def test_alias_bomb_in_oracle_settings_is_refused_quickly(spec_dir):
+    data = yaml.safe_dump(base_spec(), sort_keys=False).replace(
+        "oracle:\n", "oracle:\n  settings:\n" + "".join(
+            f"    {line}\n" for line in alias_bomb().splitlines()), 1)
+    data = data.replace("kind: pyscf", "kind: ase\n  calculator: emt", 1)
+    start = time.perf_counter()
+    message = error_of(write_spec(spec_dir, data))
+    assert time.perf_counter() - start < 2
+    assert "invalid YAML at line" in message and "aliases expand to more than" in message
+
+
+def test_yaml_anchors_and_recursive_aliases(spec_dir):
+    data = base_spec()
+    data["samplers"] = [{"kind": "md", "steps": 10, "walkers": 2}, {"kind": "md", "steps": 10, "walkers": 2}]
+    text = yaml.safe_dump(data, sort_keys=False)
+    assert "&id001" not in text  # safe_dump writes the two dicts out
+    shared = text.replace("- kind: md\n  steps: 10\n  walkers: 2\n", "", 1).replace(
+        "samplers:\n", "samplers:\n- &md {kind: md, steps: 10, walkers: 2}\n- *md\n", 1)
+    assert load_spec(write_spec(spec_dir, shared)).spec.samplers[1].walkers == 2  # a fair use
+    assert "contains it" in error_of(write_spec(spec_dir, "name: &n [*n]\n", "rec.yaml"))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("training.learning_rate", float("inf")), ("samplers[0].temperature_K", float("inf")),
+    ("selection.trust_hi", float("inf")), ("stopping.target_force_mae", float("inf")),
+    ("oracle.conv_tol", float("-inf")), ("oracle.timeout_s", float("inf")),
+])
+def test_infinite_numbers_are_refused(spec_dir, field, value):
+    data = base_spec()
+    section, key = field.split(".")
+    node = data["samplers"][0] if section == "samplers[0]" else data.setdefault(section, {})
+    node[key] = value
+    assert f"field '{field}': Input should be a finite number" in error_of(write_spec(spec_dir, data))
+
+
+def test_seed_and_grid_level_ranges(spec_dir):
+    data = base_spec()
+    data["seed"] = -1
+    assert "field 'seed': Input should be greater than or equal to 0" in error_of(write_spec(spec_dir, data))
+    data = base_spec()
+    data["oracle"]["grid_level"] = 12
+    assert "field 'oracle.grid_level'" in error_of(write_spec(spec_dir, data))
+
+
+def test_reference_oracle_needs_an_ase_oracle(spec_dir):
+    data = base_spec()
+    data["validation"] = {"enabled": True, "reference": "oracle"}
+    message = error_of(write_spec(spec_dir, data))
+    assert "field 'validation.reference'" in message and "'pyscf'" in message
+    data["validation"]["enabled"] = False  # unused when validation is off
+    load_spec(write_spec(spec_dir, data))
+    data["validation"]["enabled"] = True
+    data["oracle"] = {"kind": "ase", "calculator": "emt"}
+    assert load_spec(write_spec(spec_dir, data)).spec.validation.reference == "oracle"
