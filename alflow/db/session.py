@@ -100,16 +100,16 @@ def check_sqlite_path(url: str) -> None:
                          source="--db")
 
 
-def database_error(exc: BaseException, url: str) -> InputError:
+def database_error(exc: BaseException, url: str | None = None) -> InputError:
     """One line for a database that cannot be reached or used; never shows the password."""
     orig = getattr(exc, "orig", None) or exc
     lines = [ln.strip() for ln in str(orig).strip().splitlines() if ln.strip()]
-    msg = " ".join(lines[:2]) if lines else type(orig).__name__
-    password = make_url(url).password
+    msg = lines[0] if lines else type(orig).__name__
+    password = make_url(url).password if url else None
     if password:
         msg = msg.replace(str(password), "***")
-    return InputError(f"cannot use database {shorten(redact(url), 120, quote=False)}: "
-                      f"{shorten(msg, 300, quote=False)}", source="--db")
+    what = f"database {shorten(redact(url), 120, quote=False)}" if url else "the database"
+    return InputError(f"cannot use {what}: {shorten(msg, 300, quote=False)}", source="--db")
 
 
 def check_connection(url: str | None = None) -> str:
@@ -197,8 +197,7 @@ def _migrate(step, url: str | None, revision: str) -> None:
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
 
-    resolved = check_connection(url)
-    cfg = alembic_config(resolved)
+    cfg = alembic_config(url)
     if revision not in ("head", "heads", "base") and not any(c in revision for c in "+-@:"):
         try:
             known = ScriptDirectory.from_config(cfg).get_revisions(revision)
@@ -207,6 +206,7 @@ def _migrate(step, url: str | None, revision: str) -> None:
         if not known:
             raise InputError(f"unknown revision {shorten(revision)}; `alflow db current` shows the "
                              f"newest ({head_revision()})", source="revision")
+    check_connection(url)  # after the revision check: an unknown revision creates no file
     try:
         step(cfg, revision)
     except (CommandError, RevisionError) as exc:

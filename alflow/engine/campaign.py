@@ -32,6 +32,7 @@ from alflow.db.session import session_factory
 from alflow.engine import apps
 from alflow.engine.artifacts import ArtifactStore
 from alflow.engine.datasets import Frames, save_frames
+from alflow.engine.preflight import preflight
 from alflow.errors import InputError
 from alflow.spec import CampaignSpec, LoadedSpec, parse_spec, spec_json
 
@@ -124,22 +125,6 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
         if edges:
             s.execute(sa.insert(m.GeometryEdge), edges)
         return camp.id
-
-
-def preflight(loaded: LoadedSpec) -> None:
-    """Refuse a campaign whose oracle cannot label its own starting geometries."""
-    from alflow.oracles import make_oracle
-
-    oracle = make_oracle(loaded.spec.oracle)
-    try:
-        for atoms in loaded.geometries:
-            if atoms.pbc.any() and loaded.spec.carving.enabled:
-                continue  # labelled as carved clusters, not whole
-            problem = oracle.preflight(atoms)
-            if problem:
-                raise InputError(f"field 'oracle': {problem}", source=str(loaded.path))
-    finally:
-        oracle.close()
 
 
 def _initial_clusters(s: Session, frame, spec: CampaignSpec):
