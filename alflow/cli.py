@@ -235,7 +235,7 @@ def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) 
     from alflow.engine.sites import load_site
 
     with user_errors():
-        site = load_site(name)
+        site = load_site(name, origin="NAME")
     typer.echo(yaml.safe_dump(site.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
@@ -245,7 +245,7 @@ def sites_check(name: str = typer.Argument(..., help="Site name or YAML path."))
     from alflow.engine.sites import ROLES, check_site, render_batch_script, workers_per_node
 
     with user_errors():
-        site = check_site(name)
+        site = check_site(name, origin="NAME")
     for role in ROLES:
         ex = site.executors[role]
         typer.echo(f"[{role}] {ex.provider.kind} provider, {workers_per_node(role, ex)} worker(s) per node, "
