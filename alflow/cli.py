@@ -1,12 +1,17 @@
 """`alflow` command line (typer).
 
-Every `InputError` becomes one clear message on stderr and exit code 2; nothing else in the
-CLI decides exit codes.
+Every user-facing failure becomes one clear line on stderr and exit code 2: an
+`InputError` (bad input), and inside a command also an OSError (a file that cannot be
+written) or a database that stops answering. `--debug` (or ALFLOW_DEBUG=1) adds the
+traceback behind the line. Nothing else in the CLI decides exit codes; a traceback with
+exit 1 is a bug.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import typer
 
@@ -15,15 +20,45 @@ spec_app = typer.Typer(help="Campaign spec files.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 
 
+_DEBUG = False
+MAX_MESSAGE = 2000  # characters: a message is one line a person reads, never a dump
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error (or ALFLOW_DEBUG=1)."),
+) -> None:
     """alflow: label -> train -> sample -> select, recorded in a provenance database."""
+    global _DEBUG
+    _DEBUG = debug
+
+
+def _debug() -> bool:
+    return _DEBUG or os.environ.get("ALFLOW_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def fail(message: str) -> typer.Exit:
     """Print one error line and return the exit-code-2 signal (bad input)."""
-    typer.echo(f"error: {message}", err=True)
+    line = " ".join(str(message).split())
+    if len(line) > MAX_MESSAGE:
+        line = f"{line[:MAX_MESSAGE]}... ({len(line) - MAX_MESSAGE:,} more characters)"
+    typer.echo(f"error: {line}", err=True)
     return typer.Exit(code=2)
+
+
+def _show_traceback(exc: BaseException) -> None:
+    """With --debug: the traceback of `exc` and of what it replaced (`raise ... from None`)."""
+    if not _debug():
+        return
+    import traceback
+
+    chain: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and node not in chain:
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    for item in reversed(chain):
+        traceback.print_exception(type(item), item, item.__traceback__, chain=False, file=sys.stderr)
 
 
 def _console():
@@ -37,22 +72,36 @@ def _console():
 
 @contextlib.contextmanager
 def user_errors():
-    """Inside: an `InputError` becomes one error line and exit code 2."""
-    from alflow.errors import InputError
+    """Inside: an `InputError`, an OSError or a database that cannot be used becomes one
+    error line and exit code 2."""
+    from sqlalchemy.exc import OperationalError
+
+    from alflow.db.session import database_error
+    from alflow.errors import InputError, shorten
 
     try:
         yield
     except InputError as exc:
+        _show_traceback(exc)
         raise fail(str(exc)) from None
+    except OperationalError as exc:  # the server went away, the disk is full, a lock timed out
+        _show_traceback(exc)
+        raise fail(str(database_error(exc))) from None
+    except OSError as exc:
+        _show_traceback(exc)
+        where = f"{shorten(str(exc.filename), quote=False)}: " if exc.filename else ""
+        raise fail(f"{where}{exc.strerror or exc}") from None
 
 
 @spec_app.command("validate")
 def spec_validate(path: str = typer.Argument(..., help="Campaign spec YAML file.")) -> None:
     """Check a campaign spec and its geometry files; print a summary."""
+    from alflow.engine.preflight import check_campaign
     from alflow.spec import load_spec
 
     with user_errors():
         loaded = load_spec(path)
+        check_campaign(loaded)  # the same checks as `alflow run`: site, oracle, reference
     n_atoms = sum(len(a) for a in loaded.geometries)
     typer.echo(
         f"{path}: valid (campaign {loaded.spec.name!r}, {len(loaded.geometries)} initial "
@@ -86,11 +135,12 @@ def db_downgrade(
 ) -> None:
     """Migrate the schema down to REVISION (destructive)."""
     from alflow.db import session
+    from alflow.db.queries import require_schema
 
     if not yes:
         raise fail("downgrading deletes recorded data; pass --yes to confirm")
     with user_errors():
-        url = session.resolve_url(db)
+        url = require_schema(db)  # an existing alflow database: downgrading creates none
         session.downgrade(url, revision)
     typer.echo(f"{session.redact(url)}: at revision {session.current_revision(url)}")
 
@@ -185,20 +235,17 @@ def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) 
     from alflow.engine.sites import load_site
 
     with user_errors():
-        site = load_site(name)
+        site = load_site(name, origin="NAME")
     typer.echo(yaml.safe_dump(site.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
 @sites_app.command("check")
 def sites_check(name: str = typer.Argument(..., help="Site name or YAML path.")) -> None:
     """Validate a site, check that its tasks fit its blocks, and show the batch headers."""
-    from alflow.engine.sites import ROLES, check_feasibility, load_site, render_batch_script, workers_per_node
+    from alflow.engine.sites import ROLES, check_site, render_batch_script, workers_per_node
 
     with user_errors():
-        site = load_site(name)
-    problems = check_feasibility(site)
-    if problems:
-        raise fail(f"site {site.name} cannot run: " + "; ".join(problems))
+        site = check_site(name, origin="NAME")
     for role in ROLES:
         ex = site.executors[role]
         typer.echo(f"[{role}] {ex.provider.kind} provider, {workers_per_node(role, ex)} worker(s) per node, "
@@ -275,21 +322,16 @@ def run(
 
     from alflow.db import session
     from alflow.engine.create import create_campaign
-    from alflow.engine.preflight import preflight
-    from alflow.engine.sites import check_feasibility, load_site
-    from alflow.errors import InputError
+    from alflow.engine.preflight import check_campaign, check_writable
     from alflow.spec import load_spec
 
     with user_errors():
+        # every input is checked before anything is written, even the schema
         loaded = load_spec(spec)
-        site_spec = load_site(site or loaded.spec.site)  # fail before anything is written
-        problems = check_feasibility(site_spec)
-        if problems:
-            raise InputError("; ".join(problems), source=f"site {site_spec.name}")
-        preflight(loaded)  # before anything is written, even the schema
-        url = session.resolve_url(db)
+        check_campaign(loaded, site)  # the site (--site or the spec's), the oracle, the reference
+        wd = check_writable(workdir or Path("alflow-runs") / loaded.spec.name, "--workdir")
+        url = session.check_connection(db)  # last: for SQLite this creates the empty file
         session.upgrade(url)
-        wd = Path(workdir or Path("alflow-runs") / loaded.spec.name)
         create_campaign(loaded, url, site=site or loaded.spec.site, workdir=wd)
     typer.echo(f"campaign {loaded.spec.name!r} created in {session.redact(url)}")
     _run_campaign(loaded.spec.name, url, site, quiet)
@@ -341,16 +383,25 @@ def status(name: str | None = typer.Argument(None, help="Campaign name (default:
 @app.command("export")
 def export(
     name: str = typer.Argument(..., help="Campaign name."),
-    out: str = typer.Option(..., "--out", "-o", help="Output file."),
+    out: str = typer.Option(..., "--out", "-o", help="Output file (missing directories are created)."),
     fmt: str = typer.Option("extxyz", "--format", "-f", help="extxyz or ase-db."),
     db: str | None = DbOption,
 ) -> None:
     """Write every successfully labelled geometry of a campaign, with energy and forces."""
+    from pathlib import Path
+
     from alflow.db.queries import require_schema
-    from alflow.engine.export import export_campaign
+    from alflow.engine.export import FORMATS, export_campaign
+    from alflow.engine.preflight import check_writable
+    from alflow.errors import InputError
 
     with user_errors():
+        if fmt not in FORMATS:
+            raise InputError(f"must be one of {', '.join(FORMATS)}, not {fmt!r}", source="--format")
+        check_writable(out, "--out", directory=False)  # before the database is asked anything
         n = export_campaign(require_schema(db), name, out, fmt)
+        if not Path(out).is_file():  # never say "wrote" about a file that is not there
+            raise InputError("the export finished but the file is not there", source=out)
     typer.echo(f"wrote {n} labelled geometries to {out}")
 
 
@@ -358,17 +409,18 @@ def export(
 @app.command("report")
 def report(
     name: str = typer.Argument(..., help="Campaign name."),
-    out: str = typer.Option(None, "--out", "-o", help="Output directory (default ./report-NAME)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output directory (default ./report-NAME; created if missing)."),
     db: str | None = DbOption,
 ) -> None:
     """Write a self-contained HTML report (and PNG figures) from the provenance database."""
-    from pathlib import Path
 
     from alflow.db.queries import require_schema
+    from alflow.engine.preflight import check_writable
     from alflow.report import write_report
 
     with user_errors():
-        html = write_report(require_schema(db), name, Path(out or f"report-{name}"))
+        target = check_writable(out or f"report-{name}", "--out")  # before the database is asked
+        html = write_report(require_schema(db), name, target)
     typer.echo(f"report written to {html}")
 
 

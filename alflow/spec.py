@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,11 +26,16 @@ from pydantic import (
 )
 
 from alflow.errors import InputError
+from alflow.yamlio import load_yaml
 
 if TYPE_CHECKING:
     from ase import Atoms
 
 SPEC_VERSION = 1
+
+# Every float of a spec (and of a site file) means a finite quantity: pydantic lets ±inf
+# through by default, and `gt=0` refuses NaN but not +inf (a learning rate of .inf ran).
+FiniteFloat = Annotated[float, AllowInfNan(False)]
 
 
 class Strict(BaseModel):
@@ -46,12 +51,12 @@ class PySCFOracle(Strict):
     basis: str = "sto-3g"
     density_fit: bool = False
     dispersion: str | None = None  # e.g. "d3bj" where PySCF offers it
-    grid_level: int | None = None
-    conv_tol: float = 1e-9
+    grid_level: int | None = Field(None, ge=0, le=9)  # PySCF's grid levels 0..9
+    conv_tol: FiniteFloat = Field(1e-9, gt=0)
     max_cycle: int = Field(100, ge=1)
     max_memory_mb: int = Field(2000, ge=1)
     threads: int = Field(1, ge=1)
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: FiniteFloat = Field(600.0, gt=0)
 
 
 class ASEOracle(Strict):
@@ -60,14 +65,14 @@ class ASEOracle(Strict):
     settings: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the class
     # None: run in-process (no limit; right for EMT/LJ/tblite). A number: run each call in a
     # forked worker killed after this many seconds (for external codes that can hang).
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: FiniteFloat | None = Field(None, gt=0)
 
 
 class AnalyticOracle(Strict):
     kind: Literal["analytic"] = "analytic"
     potential: Literal["double_well", "muller_brown"] = "double_well"
     # Multiplies energies and forces; 0.01 brings Müller–Brown (minimum -146.7) to O(1) eV.
-    energy_scale: float = Field(1.0, gt=0)
+    energy_scale: FiniteFloat = Field(1.0, gt=0)
 
 
 OracleSpec = Annotated[PySCFOracle | ASEOracle | AnalyticOracle, Field(discriminator="kind")]
@@ -90,7 +95,7 @@ class ModelSpec(Strict):
     n_atom_basis: int = Field(64, ge=1)
     n_interactions: int = Field(3, ge=1)
     n_rbf: int = Field(20, ge=1)
-    cutoff: float = Field(5.0, gt=0)
+    cutoff: FiniteFloat = Field(5.0, gt=0)
     ensemble_size: int = Field(4, ge=2, description="M members; >= 2 for an uncertainty")
     coordinates: tuple[Literal["x", "y", "z"], ...] = Field(
         ("x", "y", "z"), min_length=1,
@@ -117,17 +122,17 @@ class ModelSpec(Strict):
 class TrainingSpec(Strict):
     max_epochs: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: FiniteFloat = Field(5e-4, gt=0)
     # Loss weights of per-atom energy MSE and force-component MSE. Measured (ethanol, 30
     # epochs): energy_weight 0.05 left energies barely learned (MAE 0.29 eV vs 0.016 eV at
     # 0.5) with the same force MAE.
-    energy_weight: float = Field(0.5, ge=0)
-    forces_weight: float = Field(0.5, ge=0)
-    stress_weight: float = Field(0.0, ge=0, description="used only for periodic frames with a stress label")
+    energy_weight: FiniteFloat = Field(0.5, ge=0)
+    forces_weight: FiniteFloat = Field(0.5, ge=0)
+    stress_weight: FiniteFloat = Field(0.0, ge=0, description="used only for periodic frames with a stress label")
     energy_reference: Literal["linear", "mean"] = Field(
         "linear", description="per-element energy reference: composition fit or mean energy per atom"
     )
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: FiniteFloat = Field(0.1, gt=0, lt=1)
     patience: int = Field(20, ge=1)
     # early stopping and LR halving follow the validation loss only from this many
     # validation frames; below, the training loss
@@ -144,22 +149,22 @@ class _Sampler(Strict):
     # covers), the rest uniformly from all labelled training geometries. Uniform seeds sit
     # mostly where data are dense; attacks and MD are local, so frontier seeds let each
     # generation start where the last one stopped.
-    recent_seed_fraction: float = Field(0.0, ge=0, le=1)
+    recent_seed_fraction: FiniteFloat = Field(0.0, ge=0, le=1)
 
 
 class MDSettings(Strict):
     """How an MD walker runs and when it stops (`alflow.sampling.md.run_md`): the one
     settings object of alflow's MD, for NN-MD sampling, validation and reference runs."""
 
-    temperature_K: float = Field(300.0, gt=0)
-    timestep_fs: float = Field(0.5, gt=0)
-    friction_per_fs: float = Field(0.01, ge=0, description="0: NVE")
+    temperature_K: FiniteFloat = Field(300.0, gt=0)
+    timestep_fs: FiniteFloat = Field(0.5, gt=0)
+    friction_per_fs: FiniteFloat = Field(0.01, ge=0, description="0: NVE")
     steps: int = Field(500, ge=1)
     save_every: int = Field(10, ge=1)
-    min_distance: float = Field(0.6, gt=0)
-    bond_guard: float = Field(0.5, gt=0)
-    bond_tolerance: float = Field(1.2, gt=0, description="bonded: d < tol·(r_cov,i + r_cov,j)")
-    energy_blowup_per_atom: float = Field(1.0, gt=0, description="eV/atom above the seed")
+    min_distance: FiniteFloat = Field(0.6, gt=0)
+    bond_guard: FiniteFloat = Field(0.5, gt=0)
+    bond_tolerance: FiniteFloat = Field(1.2, gt=0, description="bonded: d < tol·(r_cov,i + r_cov,j)")
+    energy_blowup_per_atom: FiniteFloat = Field(1.0, gt=0, description="eV/atom above the seed")
     stop_on: Literal["frame", "atom"] = "frame"  # trust_hi on frame σ_F or on max_i sqrt(u_i)
 
 
@@ -173,11 +178,11 @@ class AdversarialSampler(_Sampler):
     # Boltzmann temperature of p(X) in eV per atom, relative to the training minimum.
     # Measured: 0.1 raised sigma_F^2 ~225x on water; <= 0.01 relaxes into the known well;
     # start near 2x the std of the training energies per atom.
-    kT_eV: float = Field(0.1, gt=0)
+    kT_eV: FiniteFloat = Field(0.1, gt=0)
     steps: int = Field(60, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
-    init_std: float = Field(0.01, ge=0)
-    max_displacement: float = Field(0.5, gt=0)
+    learning_rate: FiniteFloat = Field(0.01, gt=0)
+    init_std: FiniteFloat = Field(0.01, ge=0)
+    max_displacement: FiniteFloat = Field(0.5, gt=0)
     seeds: int = Field(16, ge=1)
     # each seed is attacked this many times from different random starts (gradient ascent
     # finds local maxima; several starts find more of them)
@@ -187,7 +192,7 @@ class AdversarialSampler(_Sampler):
 
 class RandomSampler(_Sampler):
     kind: Literal["random"] = "random"
-    scale: float = Field(0.1, gt=0)
+    scale: FiniteFloat = Field(0.1, gt=0)
     distribution: Literal["gaussian", "uniform"] = "gaussian"
     seeds: int = Field(16, ge=1)
 
@@ -199,16 +204,16 @@ SamplerSpec = Annotated[
 
 class CarvingSpec(Strict):
     enabled: bool = False
-    radius: float | None = Field(None, gt=0, description="default: model cutoff + 1 Å")
-    z_score: float = Field(2.0, gt=0)
+    radius: FiniteFloat | None = Field(None, gt=0, description="default: model cutoff + 1 Å")
+    z_score: FiniteFloat = Field(2.0, gt=0)
     use_force_variance: bool = False
     # bonded if d < bond_tolerance * (r_cov,i + r_cov,j); molecules are kept whole unless
     # the bonded fragment is infinite (a network) or larger than max_fragment_atoms
-    bond_tolerance: float = Field(1.2, gt=0)
+    bond_tolerance: FiniteFloat = Field(1.2, gt=0)
     max_fragment_atoms: int = Field(100, ge=1)
     # X-H lengths of the caps on cut bonds, by element (Å); None: alflow's table
-    cap_bond_lengths: dict[str, float] | None = None
-    min_distance: float = Field(0.7, gt=0)
+    cap_bond_lengths: dict[str, Annotated[FiniteFloat, Field(gt=0)]] | None = None
+    min_distance: FiniteFloat = Field(0.7, gt=0)
     charge: int = 0
     multiplicity: int | None = Field(None, ge=1, description="None: 1 if even electrons, else 2")
     # generation 0: periodic starting frames are labelled as clusters carved around this
@@ -217,12 +222,12 @@ class CarvingSpec(Strict):
 
 
 class SelectionSpec(Strict):
-    trust_lo: float = Field(0.05, ge=0)
-    trust_hi: float = Field(1.0, gt=0)
+    trust_lo: FiniteFloat = Field(0.05, ge=0)
+    trust_hi: FiniteFloat = Field(1.0, gt=0)
     thresholds: Literal["absolute", "percentile"] = "absolute"
     max_per_generation: int = Field(50, ge=1)
     # duplicates: same hash, or sorted-distance fingerprints closer than this (Å)
-    dedupe_tol: float = Field(0.01, ge=0)
+    dedupe_tol: FiniteFloat = Field(0.01, ge=0)
     strategy: Literal["random", "farthest_point"] = "farthest_point"
 
     @model_validator(mode="after")
@@ -237,10 +242,10 @@ class SelectionSpec(Strict):
 class StoppingSpec(Strict):
     max_generations: int = Field(5, ge=1)
     oracle_budget: int | None = Field(None, ge=1)
-    target_force_mae: float | None = Field(None, gt=0)
-    accurate_fraction: float | None = Field(None, gt=0, le=1)
+    target_force_mae: FiniteFloat | None = Field(None, gt=0)
+    accurate_fraction: FiniteFloat | None = Field(None, gt=0, le=1)
     accurate_generations: int = Field(2, ge=1)
-    max_failed_fraction: float = Field(0.5, ge=0, le=1)
+    max_failed_fraction: FiniteFloat = Field(0.5, ge=0, le=1)
     stop_on_failed_generation: bool = False
 
 
@@ -265,7 +270,7 @@ class GeometrySource(Strict):
 class EvaluationSpec(Strict):
     # Fraction of the initial geometries held out (chosen by geometry hash, so the same
     # ones every generation) to measure error comparably across generations.
-    test_fraction: float = Field(0.2, ge=0, lt=1)
+    test_fraction: FiniteFloat = Field(0.2, ge=0, lt=1)
     label_batch_size: int = Field(4, ge=1, description="geometries per oracle task")
 
 
@@ -273,17 +278,17 @@ class ValidationSpec(Strict):
     """Per-generation NN-MD validation: stability time and h(r) error (see validation.py)."""
 
     enabled: bool = False
-    temperature_K: float = Field(500.0, gt=0)
-    timestep_fs: float = Field(0.5, gt=0)
+    temperature_K: FiniteFloat = Field(500.0, gt=0)
+    timestep_fs: FiniteFloat = Field(0.5, gt=0)
     steps: int = Field(1000, ge=1)
     starts: int = Field(2, ge=1, description="validation starts: the first held-out geometries")
-    bond_guard: float = Field(0.5, gt=0)
-    min_distance: float = Field(0.6, gt=0)
+    bond_guard: FiniteFloat = Field(0.5, gt=0)
+    min_distance: FiniteFloat = Field(0.6, gt=0)
     # reference trajectory for h(r): an ASE calculator name ("tblite", "emt", ...), the
     # campaign's own "oracle" (ASE oracles only), or None for stability time alone
     reference: str | None = "tblite"
     reference_settings: dict[str, Any] = Field(default_factory=dict)
-    r_max: float = Field(6.0, gt=0)
+    r_max: FiniteFloat = Field(6.0, gt=0)
     bins: int = Field(60, ge=5)
 
 
@@ -301,10 +306,10 @@ class CampaignSpec(Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     validation: ValidationSpec = ValidationSpec()
     site: str = "local"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # numpy and torch take any such seed
     # per role, seconds: overrides the site's task_time_limit_s (a task past it is recorded
     # as timed out and retried by the site's retry policy)
-    task_time_limit_s: dict[Literal["oracle", "train", "sample"], Annotated[float, Field(gt=0)]] = Field(
+    task_time_limit_s: dict[Literal["oracle", "train", "sample"], Annotated[FiniteFloat, Field(gt=0)]] = Field(
         default_factory=dict)
 
     @model_validator(mode="after")
@@ -315,6 +320,18 @@ class CampaignSpec(Strict):
             raise ValueError(
                 f"carving.radius ({radius} Å) must be at least model.cutoff "
                 f"({self.model.cutoff} Å)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reference_oracle_is_ase(self) -> CampaignSpec:
+        # the reference MD runs the oracle as an ASE calculator: a PySCF or analytic oracle
+        # would fail only after generation 0 has been labelled and trained
+        if self.validation.enabled and self.validation.reference == "oracle" and self.oracle.kind != "ase":
+            raise ValueError(
+                f"field 'validation.reference': 'oracle' runs the reference MD with the campaign's "
+                f"oracle, which must then be an ASE oracle (this one is {self.oracle.kind!r}); name an "
+                f"ASE calculator such as 'tblite' or 'emt', or null for stability time alone"
             )
         return self
 
@@ -381,15 +398,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
 
 def load_spec_text(text: str, source: str = "<spec>") -> CampaignSpec:
     """Parse YAML text (e.g. a spec stored in the database) into a validated spec."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = exc.problem or exc.context
-        raise InputError(f"invalid YAML{where}: {reason}", source=source) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML: {exc}", source=source) from None
+    data = load_yaml(text, source)
     return parse_spec(data, source)
 
 
@@ -408,31 +417,6 @@ def parse_spec(data: Any, source: str = "<spec>") -> CampaignSpec:
         head = f"{len(problems)} problems: " if len(problems) > 1 else ""
         raise InputError(head + "; ".join(problems), source=source) from None
 
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys: YAML keeps the last one silently."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            duplicate = key in seen
-        except TypeError:  # unhashable key: let the base constructor complain
-            break
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark,
-                f"duplicate key {key!r}", key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
 
 _UNION_KINDS = {  # which `kind` values a discriminated field accepts, for messages
     field: [get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(union)[0])]

@@ -377,3 +377,30 @@ def test_pyscf_def2_heavy_atoms_get_their_ecp():
 
     assert _basis_check("def2-svp", ("Au", "H")) == (None, {"Au": "def2-svp"})
     assert _basis_check("sto-3g", ("H", "O")) == (None, {})
+
+
+@pytest.mark.parametrize(("settings", "field", "words"), [
+    (spec.PySCFOracle(basis="sto-42g"), "basis", "unknown basis set 'sto-42g'"),
+    (spec.PySCFOracle(basis="x" * 100_000), "basis", "(100,000 characters)"),
+    (spec.PySCFOracle(method="B3LYPP"), "method", "unknown functional 'B3LYPP'"),
+    (spec.PySCFOracle(method="B3LYP", dispersion="d7"), "dispersion", "unknown dispersion 'd7'"),
+    (spec.ASEOracle(calculator="emt", settings={"foo": 1}), "settings", "takes no setting 'foo'"),
+    (spec.ASEOracle(calculator="lj", settings={"sigmaa": 1.0}), "settings", "did you mean 'sigma'?"),
+    (spec.ASEOracle(calculator="lj", settings={"rc": "far"}), "settings", "refused its settings: TypeError"),
+    (spec.ASEOracle(calculator="nosuch"), "calculator", "unknown calculator 'nosuch'"),
+])
+def test_problem_names_the_settings_field(settings, field, words):
+    with make_oracle(settings) as oracle:
+        problem = oracle.problem(molecule("H2O"))
+        assert problem is not None and problem.field == field and words in problem.message
+        assert len(problem.message) < 500
+        assert oracle.preflight(molecule("H2O")) == problem.message
+
+
+def test_ase_settings_a_calculator_takes_pass_preflight():
+    for settings in (spec.ASEOracle(calculator="emt", settings={"asap_cutoff": True}),
+                     spec.ASEOracle(calculator="lj", settings={"sigma": 2.0, "epsilon": 0.1, "rc": 6.0}),
+                     spec.ASEOracle(calculator="ase.calculators.morse:MorsePotential", settings={"rho0": 5.0})):
+        with make_oracle(settings) as oracle:
+            assert oracle.problem(molecule("H2O")) is None
+            assert oracle(molecule("H2O")).status == "ok"

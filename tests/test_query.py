@@ -3,71 +3,16 @@ that can read but never write (real PostgreSQL and SQLite)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
-from ase.build import molecule
-from sqlalchemy.orm import Session
+from db_helpers import populate as _populate
+from db_helpers import row_counts
 from typer.testing import CliRunner
 
 from alflow.cli import app
-from alflow.db import models as m
-from alflow.db import writers
 from alflow.db.session import get_engine
 
 runner = CliRunner()
-
-
-def _populate(url: str) -> None:
-    """A two-generation campaign with labels, models, evals and one adversarial run."""
-    engine = get_engine(url)
-    with Session(engine) as s, s.begin():
-        camp = m.Campaign(name="eth", spec={"name": "eth"}, spec_sha256="0" * 64,
-                          alflow_version="test", status="running")
-        s.add(camp)
-        s.flush()
-        gens = [m.Generation(campaign_id=camp.id, idx=i, state="done") for i in range(2)]
-        s.add_all(gens)
-        s.flush()
-        method = writers.ensure_oracle_method(s, {
-            "code": "pyscf", "version": "x", "method": "HF", "basis": "sto-3g",
-            "settings": {}, "settings_sha256": "a" * 64})
-        frames = []
-        for i in range(6):
-            a = molecule("CH3CH2OH")
-            a.positions += np.random.default_rng(i).normal(0, 0.05, a.positions.shape)
-            frames.append(a)
-        gids = writers.write_geometries(s, [writers.geometry_row(a, "initial") for a in frames])
-        tasks = [m.Task(campaign_id=camp.id, generation_id=g.id, kind="label", status="done")
-                 for g in gens]
-        s.add_all(tasks)
-        s.flush()
-        # gen 0 labels 4 frames (one failed), gen 1 labels 2 more
-        rows = [writers.label_row(gids[i], method, status="ok", energy=-1.0, cpu_s=2.0,
-                                  wall_s=1.0, task_id=tasks[0].id) for i in range(3)]
-        rows.append(writers.label_row(gids[3], method, status="failed", error_class="timeout",
-                                      cpu_s=10.0, wall_s=10.0, task_id=tasks[0].id))
-        rows += [writers.label_row(gids[i], method, status="ok", energy=-1.0, cpu_s=3.0,
-                                   wall_s=1.5, task_id=tasks[1].id) for i in (4, 5)]
-        writers.write_labels(s, rows)
-        label_ids = dict(s.execute(sa.select(m.Label.geometry_id, m.Label.id).where(m.Label.status == "ok")).tuples().all())
-        for g, members in ((gens[0], [gids[0], gids[1], gids[2]]), (gens[1], [gids[0], gids[1], gids[2], gids[4], gids[5]])):
-            ts = m.TrainingSet(campaign_id=camp.id, generation_id=g.id, sha256=str(g.idx) * 64,
-                               n_train=len(members) - 1, n_val=1)
-            s.add(ts)
-            s.flush()
-            s.add_all([m.TrainingSetLabel(training_set_id=ts.id, label_id=label_ids[x],
-                                          split="val" if k == 0 else "train")
-                       for k, x in enumerate(members)])
-            s.add_all([m.Model(generation_id=g.id, member=k, training_set_id=ts.id, seed=k,
-                               config={}) for k in range(3)])
-            s.add(m.ModelEval(generation_id=g.id, n_frames=10, force_mae=0.5 / (g.idx + 1),
-                              energy_mae=0.01))
-        run = m.SamplingRun(generation_id=gens[1].id, kind="adversarial", params={"kT_eV": 1.0})
-        s.add(run)
-        s.flush()
-        s.add_all([m.Sample(sampling_run_id=run.id, geometry_id=gids[k], sigma_f2_initial=0.01,
-                            sigma_f2=0.04, bucket="candidate", selected=k == 0) for k in range(2)])
 
 
 @pytest.fixture
@@ -172,3 +117,120 @@ def test_downgrade_needs_confirmation(db_url):
     r = runner.invoke(app, ["db", "downgrade", "base", "--db", db_url])
     assert r.exit_code == 2 and "--yes" in r.stderr
     assert "campaign" in sa.inspect(get_engine(db_url)).get_table_names()
+
+
+# ------------------------------------------------- read-only by construction (issue 13)
+INJECTIONS = [
+    # the two of the issue: a comment marker inside a string fooled the old splitter
+    "SELECT '/*'; COMMIT; DELETE FROM artifact; SELECT '*/'",
+    "SELECT '--'; COMMIT; DELETE FROM artifact; SELECT '--'",
+    # dollar quoting, E-string escapes, doubled quotes, quoted identifiers
+    "SELECT $$;$$; COMMIT; DELETE FROM artifact",
+    "SELECT $x$ ' $x$; COMMIT; DELETE FROM artifact; SELECT $x$ ' $x$",
+    "SELECT E'\\''; COMMIT; DELETE FROM artifact; SELECT ''",
+    "SELECT 'it''s'; DELETE FROM artifact",
+    'SELECT 1 AS "a;b"; DELETE FROM artifact',
+    # nested comments (PostgreSQL nests them, SQLite does not)
+    "SELECT 1 /* nested /* */ */; DELETE FROM artifact",
+    "SELECT 1 /* /* */ ; COMMIT; DELETE FROM artifact; /* */",
+    # transaction control, alone or to escape the read-only transaction
+    "COMMIT", "END", "ROLLBACK", "BEGIN", "BEGIN READ WRITE", "START TRANSACTION READ WRITE",
+    "SET TRANSACTION READ WRITE", "SET default_transaction_read_only = off",
+    "SELECT 1; COMMIT; DELETE FROM artifact",
+    "SELECT 1; END; DELETE FROM artifact",
+    "SELECT 1; ROLLBACK; BEGIN READ WRITE; DELETE FROM artifact; COMMIT",
+    "SELECT 1; SET TRANSACTION READ WRITE; DELETE FROM artifact",
+    "SELECT 1; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; DELETE FROM artifact",
+    "SELECT 1; PRAGMA query_only = OFF; DELETE FROM artifact",
+    # writes dressed as reads
+    "WITH d AS (DELETE FROM artifact RETURNING id) SELECT count(*) FROM d",
+    "WITH d AS NOT MATERIALIZED (UPDATE label SET energy = 0 RETURNING id) SELECT 1",
+    "WITH x AS (SELECT 1) DELETE FROM artifact",
+    "SELECT * INTO stolen FROM artifact",
+    "EXPLAIN DELETE FROM artifact",
+    "EXPLAIN ANALYZE INSERT INTO artifact (sha256, uri, kind, size_bytes) VALUES ('x', 'y', 'z', 1)",
+    "EXPLAIN (ANALYZE, VERBOSE) DELETE FROM artifact",
+    "EXPLAIN QUERY PLAN DELETE FROM artifact",
+    "EXPLAIN ANALYZE WITH d AS (DELETE FROM artifact RETURNING 1) SELECT * FROM d",
+    "explain analyse update label set energy = 0",
+    # functions that act outside the data
+    "SELECT lo_import('/etc/hostname')",
+    "SELECT lo_export(lo_from_bytea(0, 'x'), '/tmp/alflow-query-test')",
+    "SELECT pg_read_file('/etc/hostname')",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    "SELECT set_config('role', 'postgres', true), pg_read_file('/etc/hostname')",
+]
+
+
+@pytest.mark.parametrize("sql", INJECTIONS)
+def test_query_injections_change_nothing(populated, sql):
+    before = row_counts(populated)
+    result = runner.invoke(app, ["query", sql, "--db", populated])
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: query: "), result.stderr
+    assert not result.stdout
+    assert row_counts(populated) == before
+    assert before["artifact"] == 3 and before["label"] == 6
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1; DELETE FROM artifact",
+    "SELECT E'\\''; DELETE FROM artifact; SELECT 1",
+    "SELECT $$;$$; DELETE FROM artifact",
+    "DELETE FROM artifact",
+    "UPDATE label SET energy = 0",
+    "CREATE TABLE made (x integer)",
+    "WITH d AS (DELETE FROM artifact RETURNING id) SELECT count(*) FROM d",
+    "WITH x AS (SELECT 1) DELETE FROM artifact",
+])
+def test_database_refuses_writes_the_check_never_saw(populated, sql):
+    """The statement goes straight to the runner, past `check_read_only`: the server (or the
+    SQLite driver and PRAGMA query_only) is what refuses, so a fooled check costs nothing."""
+    from alflow.db import queries
+    from alflow.errors import InputError
+
+    before = row_counts(populated)
+    with pytest.raises(InputError):
+        queries._run(populated, sql, None)
+    assert row_counts(populated) == before
+
+
+def test_query_session_settings_do_not_outlive_the_query(pg_url):
+    """set_config in one query is rolled back with its private connection: the next query
+    is as read-only as the first."""
+    from alflow.db.session import upgrade
+
+    upgrade(pg_url)
+    _populate(pg_url)
+    ok = runner.invoke(app, ["query", "SELECT set_config('default_transaction_read_only', 'off', false) AS v",
+                             "--db", pg_url, "-f", "json"])
+    assert ok.exit_code == 0 and _json(ok) == [{"v": "off"}]
+    after = _json(runner.invoke(app, ["query", "SELECT current_setting('default_transaction_read_only') AS v, "
+                                      "current_setting('transaction_read_only') AS t", "--db", pg_url, "-f", "json"]))
+    assert after == [{"v": "on", "t": "on"}]
+    before = row_counts(pg_url)
+    assert runner.invoke(app, ["query", "WITH d AS (DELETE FROM artifact RETURNING 1) SELECT 1",
+                               "--db", pg_url]).exit_code == 2
+    assert row_counts(pg_url) == before
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1;", "select 1 ; -- trailing comment", "/* leading */ SELECT 1", "VALUES (1)",
+    "WITH x AS (SELECT 1 AS one) SELECT one FROM x", "EXPLAIN SELECT 1",
+    "SELECT ';' AS semi, '--' AS dashes, '/*' AS star",
+])
+def test_read_statements_still_run(populated, sql):
+    result = runner.invoke(app, ["query", sql, "--db", populated, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    if "semi" in sql:
+        assert _json(result) == [{"semi": ";", "dashes": "--", "star": "/*"}]
+
+
+def test_table_statement_reads_on_postgresql(pg_url):  # TABLE x is not SQLite syntax
+    from alflow.db.session import upgrade
+
+    upgrade(pg_url)
+    _populate(pg_url)
+    rows = _json(runner.invoke(app, ["query", "TABLE campaign", "--db", pg_url, "-f", "json"]))
+    assert [r["name"] for r in rows] == ["eth"]

@@ -121,3 +121,36 @@ def test_gpu_placement_one_device_per_training_worker_mocked_without_gpus(tmp_pa
         dfk.cleanup()
         parsl.clear()
     assert len(seen) == 2 and sorted(seen.values()) == ["0", "1"]
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"oracle": {"workers_per_node": 0}}, "field 'executors.oracle.workers_per_node': must be 'auto' or"),
+    ({"oracle": {"workers_per_node": -3}}, "got -3"),
+    ({"oracle": {"workers_per_node": "many"}}, "got 'many'"),
+    ({"train": {"cores_per_worker": float("inf")}}, "field 'executors.train.cores_per_worker': Input should be a finite"),
+    ({"sample": {"task_time_limit_s": float("inf")}}, "field 'executors.sample.task_time_limit_s'"),
+    ({"heartbeat_period_s": 10, "heartbeat_threshold_s": 5}, "field 'heartbeat_threshold_s': 5 s must be above"),
+    ({"heartbeat_period_s": 10, "heartbeat_threshold_s": 10}, "must be above heartbeat_period_s (10 s)"),
+])
+def test_site_numbers_are_sane(tmp_path, over, needle):
+    data = {"name": "x", "executors": {"oracle": {}, "train": {}, "sample": {}}}
+    for key, value in over.items():
+        if key in sites.ROLES:
+            data["executors"][key] = value
+        else:
+            data[key] = value
+    path = _write(tmp_path, data)
+    with pytest.raises(InputError) as info:
+        sites.load_site(str(path))
+    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value), str(info.value)
+
+
+def test_unknown_site_blames_what_named_it(tmp_path):
+    with pytest.raises(InputError, match=r"^spec\.yaml: field 'site': unknown site 'nosuchsite'"):
+        sites.load_site("nosuchsite", origin="spec.yaml: field 'site'")
+    with pytest.raises(InputError, match=r"^--site: site file '.*nope\.yaml' not found"):
+        sites.load_site(str(tmp_path / "nope.yaml"))
+    infeasible = _write(tmp_path, {"name": "x", "executors": {
+        "oracle": _slurm(task_time_limit_s=7200), "train": {}, "sample": {}}})
+    with pytest.raises(InputError, match=rf"^{infeasible}: site x cannot run: oracle: a task may run"):
+        sites.check_site(str(infeasible))

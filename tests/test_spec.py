@@ -328,3 +328,129 @@ def test_cli_validate_good_and_bad(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and not bad.stdout
     assert lines[0].startswith(f"error: {path}: field 'selection.trust_lo'")
+
+
+# ------------------------------------------------------------ sizes, finiteness (issue 13)
+def alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for k in range(1, levels):
+        lines.append(f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nbomb: *a{levels - 1}\n"
+
+
+def test_alias_bomb_in_oracle_settings_is_refused_quickly(spec_dir):
+    data = yaml.safe_dump(base_spec(), sort_keys=False).replace(
+        "oracle:\n", "oracle:\n  settings:\n" + "".join(
+            f"    {line}\n" for line in alias_bomb().splitlines()), 1)
+    data = data.replace("kind: pyscf", "kind: ase\n  calculator: emt", 1)
+    start = time.perf_counter()
+    message = error_of(write_spec(spec_dir, data))
+    assert time.perf_counter() - start < 2
+    assert "invalid YAML at line" in message and "aliases expand to more than" in message
+
+
+def test_yaml_anchors_and_recursive_aliases(spec_dir):
+    data = base_spec()
+    data["samplers"] = [{"kind": "md", "steps": 10, "walkers": 2}, {"kind": "md", "steps": 10, "walkers": 2}]
+    text = yaml.safe_dump(data, sort_keys=False)
+    assert "&id001" not in text  # safe_dump writes the two dicts out
+    shared = text.replace("- kind: md\n  steps: 10\n  walkers: 2\n", "", 1).replace(
+        "samplers:\n", "samplers:\n- &md {kind: md, steps: 10, walkers: 2}\n- *md\n", 1)
+    assert load_spec(write_spec(spec_dir, shared)).spec.samplers[1].walkers == 2  # a fair use
+    assert "contains it" in error_of(write_spec(spec_dir, "name: &n [*n]\n", "rec.yaml"))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("training.learning_rate", float("inf")), ("samplers[0].temperature_K", float("inf")),
+    ("selection.trust_hi", float("inf")), ("stopping.target_force_mae", float("inf")),
+    ("oracle.conv_tol", float("-inf")), ("oracle.timeout_s", float("inf")),
+])
+def test_infinite_numbers_are_refused(spec_dir, field, value):
+    data = base_spec()
+    section, key = field.split(".")
+    node = data["samplers"][0] if section == "samplers[0]" else data.setdefault(section, {})
+    node[key] = value
+    assert f"field '{field}': Input should be a finite number" in error_of(write_spec(spec_dir, data))
+
+
+def test_seed_and_grid_level_ranges(spec_dir):
+    data = base_spec()
+    data["seed"] = -1
+    assert "field 'seed': Input should be greater than or equal to 0" in error_of(write_spec(spec_dir, data))
+    data = base_spec()
+    data["oracle"]["grid_level"] = 12
+    assert "field 'oracle.grid_level'" in error_of(write_spec(spec_dir, data))
+
+
+def test_reference_oracle_needs_an_ase_oracle(spec_dir):
+    data = base_spec()
+    data["validation"] = {"enabled": True, "reference": "oracle"}
+    message = error_of(write_spec(spec_dir, data))
+    assert "field 'validation.reference'" in message and "'pyscf'" in message
+    data["validation"]["enabled"] = False  # unused when validation is off
+    load_spec(write_spec(spec_dir, data))
+    data["validation"]["enabled"] = True
+    data["oracle"] = {"kind": "ase", "calculator": "emt"}
+    assert load_spec(write_spec(spec_dir, data)).spec.validation.reference == "oracle"
+
+
+def sparse_molecule(n: int = 10_000, spacing: float = 1.5, seed: int = 0) -> Atoms:
+    """n argon atoms on a jittered cubic grid: a big, non-periodic, physical frame."""
+    side = int(np.ceil(n ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n]
+    rng = np.random.default_rng(seed)
+    return Atoms(f"Ar{n}", positions=grid * spacing + rng.normal(0, 0.05, (n, 3)))
+
+
+def test_spec_validate_of_a_10000_atom_frame_is_fast(tmp_path):
+    """ASE's neighbour list binned the whole bounding box: 80-150 s for this frame."""
+    ase.io.write(tmp_path / "big.xyz", sparse_molecule())
+    data = base_spec("big.xyz")
+    data["oracle"] = {"kind": "ase", "calculator": "emt"}
+    path = write_spec(tmp_path, data)
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["spec", "validate", str(path)])
+    elapsed = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    assert "10000 atoms" in result.stdout
+    assert elapsed < 5, f"spec validate took {elapsed:.1f} s"
+
+    crowded = sparse_molecule()
+    crowded.positions[9_876] = crowded.positions[1_234] + [0.0, 0.3, 0.0]
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"atoms 1234 \(Ar\) and 9876 \(Ar\) are 0.300 Å apart"):
+        validate_atoms(crowded, "big")
+    assert time.perf_counter() - start < 2
+
+
+def test_closest_pair_matches_ase_on_random_cells():
+    """The k-d tree search finds the same minimum-image distance as ASE's neighbour list,
+    for periodic, mixed and non-periodic, orthogonal and skewed cells and cutoffs that
+    span several cell shells."""
+    from alflow.structures import closest_pair
+
+    rng = np.random.default_rng(7)
+    compared = 0
+    for _ in range(150):
+        n = int(rng.integers(1, 12))
+        pbc = rng.random(3) < 0.7
+        cell = np.diag(rng.uniform(0.5, 3, 3)) + rng.normal(0, 0.4, (3, 3))
+        heights = 1 / np.linalg.norm(np.linalg.inv(cell), axis=0)
+        if pbc.any() and heights.min() < 0.3:  # thin cells are refused before (and crawl in ASE)
+            continue
+        atoms = Atoms(f"H{n}", positions=rng.uniform(-3, 6, (n, 3)), cell=cell, pbc=pbc)
+        cutoff = float(rng.uniform(0.3, 2.0))
+        d = neighbor_list("d", atoms, cutoff)
+        got = closest_pair(atoms, cutoff)
+        if len(d) == 0:
+            assert got is None
+        else:
+            assert got is not None and got[2] == pytest.approx(float(d.min()), abs=1e-9)
+            compared += 1
+    assert compared > 50
+
+
+def test_geometry_path_that_is_a_directory(spec_dir):
+    (spec_dir / "frames").mkdir()
+    message = error_of(write_spec(spec_dir, base_spec("frames")))
+    assert f"{spec_dir / 'frames'}: is a directory, not a geometry file" in message

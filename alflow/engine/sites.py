@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alflow.errors import InputError
+from alflow.errors import InputError, shorten
+from alflow.spec import FiniteFloat
+from alflow.yamlio import load_yaml
 
 ROLES = ("oracle", "train", "sample")
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2}):(\d{2})$")
@@ -65,10 +66,18 @@ ProviderSpec = Annotated[LocalProviderSpec | SlurmProviderSpec, Field(discrimina
 class ExecutorSpec(_Strict):
     provider: ProviderSpec = LocalProviderSpec()
     workers_per_node: int | Literal["auto"] = "auto"
-    cores_per_worker: float = Field(1.0, gt=0)
+    cores_per_worker: FiniteFloat = Field(1.0, gt=0)
     accelerators: list[str] | Literal["auto"] | None = None
-    task_time_limit_s: float = Field(3600.0, gt=0)
+    task_time_limit_s: FiniteFloat = Field(3600.0, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("workers_per_node", mode="before")
+    @classmethod
+    def _auto_or_positive(cls, value):
+        # 0 workers runs nothing, forever; -3 made Parsl wait until a timeout
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be 'auto' or a whole number of at least 1, got {shorten(value, 40)}")
 
 
 class SiteSpec(_Strict):
@@ -85,6 +94,16 @@ class SiteSpec(_Strict):
     queue_wait_s: float = Field(86400.0, gt=0)
     address: str | None = None  # interchange address workers connect to (None: this host)
 
+    @model_validator(mode="after")
+    def _threshold_above_period(self) -> SiteSpec:
+        # a worker is declared lost after heartbeat_threshold_s without a heartbeat; at or
+        # below the period, healthy workers are declared lost between two heartbeats
+        if self.heartbeat_threshold_s <= self.heartbeat_period_s:
+            raise ValueError(
+                f"field 'heartbeat_threshold_s': {self.heartbeat_threshold_s} s must be above "
+                f"heartbeat_period_s ({self.heartbeat_period_s} s)")
+        return self
+
 
 # ----------------------------------------------------------------------------- loading
 def sites_dirs() -> list[Path]:
@@ -98,44 +117,78 @@ def site_names() -> list[str]:
     return sorted({p.stem for d in sites_dirs() for p in d.glob("*.yaml")})
 
 
-def find_site(name_or_path: str) -> Path:
+def find_site(name_or_path: str, origin: str = "--site") -> Path:
+    """The site file for a name or path. `origin` is what the user wrote it in, blamed when
+    there is no such site: "--site", or a spec file's "spec.yaml: field 'site'"."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise InputError("site file not found", source=str(p))
-        return p
-    for d in sites_dirs():
-        if (d / f"{name_or_path}.yaml").is_file():
-            return d / f"{name_or_path}.yaml"
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            if p.is_dir():
+                raise InputError(f"site {shorten(name_or_path)} is a directory, not a site file",
+                                 source=origin)
+            if not p.is_file():
+                raise InputError(f"site file {shorten(name_or_path)} not found", source=origin)
+            return p
+        for d in sites_dirs():
+            if (d / f"{name_or_path}.yaml").is_file():
+                return d / f"{name_or_path}.yaml"
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise InputError(f"site {shorten(name_or_path)}: {exc.strerror or exc}", source=origin) from None
     raise InputError(
-        f"unknown site {name_or_path!r}; known sites: {', '.join(site_names()) or 'none'}",
-        source="--site",
+        f"unknown site {shorten(name_or_path)}; known sites: {', '.join(site_names()) or 'none'}",
+        source=origin,
     )
 
 
-def load_site(name_or_path: str) -> SiteSpec:
-    path = find_site(name_or_path)
+def load_site(name_or_path: str, origin: str = "--site") -> SiteSpec:
+    """Read and validate a site file; every problem is an InputError naming the file."""
+    path = find_site(name_or_path, origin)
+    where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"malformed YAML: {exc}", source=str(path)) from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError("not a UTF-8 text file", source=where) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=where) from None
+    data = load_yaml(text, where)
     if not isinstance(data, dict):
-        raise InputError("a site file must be a YAML mapping", source=str(path))
+        raise InputError("a site file must be a YAML mapping", source=where)
     try:
         site = SiteSpec.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_describe(exc), source=str(path)) from None
+        raise InputError(_describe(exc), source=where) from None
     missing = [r for r in ROLES if r not in site.executors]
     if missing:
-        raise InputError(f"executors missing for role(s): {', '.join(missing)}", source=str(path))
+        raise InputError(f"executors missing for role(s): {', '.join(missing)}", source=where)
+    return site
+
+
+def check_site(name_or_path: str, origin: str = "--site") -> SiteSpec:
+    """`load_site`, then `check_feasibility`: an InputError naming the site file if the
+    site cannot run its tasks."""
+    site = load_site(name_or_path, origin)
+    problems = check_feasibility(site)
+    if problems:
+        raise InputError(f"site {site.name} cannot run: " + "; ".join(problems),
+                         source=str(find_site(name_or_path, origin)))
     return site
 
 
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-        parts.append(f"field '{loc}': {err['msg']}")
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith("field '"):  # a model validator that names its field itself
+            parts.append(msg)
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
+            shown = shorten(err.get("input"), 60)
+            if shown not in msg:
+                msg += f", got {shown}"
+        parts.append(f"field '{loc}': {msg}" if loc else msg)
     return "; ".join(parts)
 
 

@@ -9,13 +9,16 @@ when the limit passes: worth it for VASP/CP2K-style codes that can hang, not for
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 
 from ase import Atoms
-from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 
+from alflow.errors import shorten
 from alflow.geometry import charge_and_multiplicity
-from alflow.oracles.base import ForkWorker, Oracle, failed
+from alflow.oracles.base import ForkWorker, Oracle, Problem, failed
 from alflow.spec import ASEOracle
 
 ALIASES = {
@@ -43,6 +46,69 @@ def _resolve(name: str) -> type:
         raise ValueError(f"calculator {name!r}: cannot import {module} ({exc})") from None
     except AttributeError:
         raise ValueError(f"calculator {name!r}: {module} has no {cls}") from None
+
+
+def _keywords(cls: type) -> tuple[set[str], bool]:
+    """(keyword arguments the class names, whether it takes others too).
+
+    Follows `**kwargs` up the `__init__` chain; ASE's `Calculator.__init__` turns its
+    `**kwargs` into `parameters` (via `set`) without checking them, so there the chain
+    is open-ended."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            return names, True
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]  # drop self
+        except (TypeError, ValueError):  # a builtin without a signature
+            return names, True
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names, False
+        if klass is Calculator:
+            return names, True
+    return names, True
+
+
+# Calculators whose settings are exactly their `default_parameters` (plus the named
+# arguments of their __init__ chain): anything else they silently take and ignore
+# (`EMT(foo=1)` computes plain EMT), so a typo would label a whole campaign with the
+# wrong method. Other `**kwargs` classes are trusted with their keywords, and built once.
+_CLOSED = frozenset(ALIASES.values())
+
+
+def settings_problem(name: str, settings: dict, atoms: Atoms) -> Problem | None:
+    """Why the calculator `name` cannot be built with `settings` (keyword arguments), or
+    None: an unknown name or module, a keyword its class does not take, or an exception
+    from building it once for `atoms`. Computes nothing."""
+    try:
+        cls = _resolve(name)
+    except ValueError as exc:
+        return Problem("calculator", shorten(str(exc), 300, quote=False))
+    kwargs = {**DEFAULTS.get(name.lower(), {}), **settings}
+    names, open_ended = _keywords(cls)
+    shown = sorted(names)
+    if f"{cls.__module__}:{cls.__qualname__}" in _CLOSED and isinstance(
+            getattr(cls, "default_parameters", None), dict):
+        shown = sorted(cls.default_parameters)
+        names |= set(cls.default_parameters)
+        open_ended = False
+    unknown = [k for k in kwargs if k not in names]
+    if unknown and not open_ended:
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        takes = ", ".join(shown[:15]) + (", ..." if len(shown) > 15 else "") if shown else "nothing"
+        return Problem("settings", f"calculator {shorten(name)} takes no setting "
+                                   f"{shorten(unknown[0], 60)}{hint}; it takes: {takes}")
+    try:
+        build_calculator(name, settings, atoms)
+    except Exception as exc:  # noqa: BLE001 - whatever the class raises for its arguments
+        return Problem("settings", f"calculator {shorten(name)} refused its settings: "
+                                   f"{type(exc).__name__}: {shorten(str(exc), 200, quote=False)}")
+    return None
 
 
 def build_calculator(name: str, settings: dict, atoms: Atoms):
@@ -89,9 +155,16 @@ class ASELabeler(Oracle):
         except ValueError as exc:
             self._cls, self._resolve_error = None, str(exc)
         self._worker = ForkWorker(_evaluate) if settings.timeout_s is not None else None
+        self._settings_problem: Problem | None | bool = False  # False: not checked yet
 
-    def preflight(self, atoms: Atoms) -> str | None:
-        return self._resolve_error
+    def problem(self, atoms: Atoms) -> Problem | None:
+        """An unknown calculator, or settings it does not take (checked once: the class
+        signature, then building it for the first geometry)."""
+        if self._resolve_error:
+            return Problem("calculator", shorten(self._resolve_error, 300, quote=False))
+        if self._settings_problem is False:
+            self._settings_problem = settings_problem(self._name, self.settings.settings, atoms)
+        return self._settings_problem
 
     @property
     def code_version(self) -> str:

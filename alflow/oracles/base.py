@@ -39,6 +39,15 @@ ERROR_CLASSES = frozenset({
 })
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why an oracle cannot label a geometry: the settings field at fault ("basis",
+    "method", "settings"; None: the oracle as a whole) and what is wrong, in one line."""
+
+    field: str | None
+    message: str
+
+
 @dataclass(frozen=True, eq=False)
 class Label:
     """One oracle result. Units: eV, eV/Å, eV/Å³ (stress only for periodic systems)."""
@@ -139,11 +148,16 @@ class Oracle(ABC):
             method_key=self.method_key,
         )
 
-    def preflight(self, atoms: Atoms) -> str | None:
+    def problem(self, atoms: Atoms) -> Problem | None:
         """Why this oracle cannot label `atoms` at all (bad settings, impossible input), or
         None. Cheap and computes nothing: lets a campaign refuse to start rather than
-        record a generation of identical failures."""
+        record a generation of identical failures. Oracles override this one."""
         return None
+
+    def preflight(self, atoms: Atoms) -> str | None:
+        """`problem(atoms)` as a message, or None."""
+        found = self.problem(atoms)
+        return found.message if found else None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most oracles hold nothing
         """Release a worker process, if the oracle has one."""

@@ -18,7 +18,8 @@ from ase import Atoms
 from ase.units import Bohr, Hartree
 
 from alflow.geometry import charge_and_multiplicity
-from alflow.oracles.base import ForkWorker, Oracle, failed
+from alflow.errors import shorten
+from alflow.oracles.base import ForkWorker, Oracle, Problem, failed
 from alflow.spec import PySCFOracle
 
 EV_PER_ANGSTROM = Hartree / Bohr  # Hartree/Bohr -> eV/Å
@@ -46,10 +47,10 @@ def _basis_check(basis: str, symbols: tuple[str, ...]) -> tuple[str | None, dict
                 gto.basis.load(basis, sym)
             except BasisNotFoundError as exc:
                 if "Unknown basis" in str(exc):
-                    return f"unknown basis set {basis!r} (PySCF does not know this name)", {}
-                return f"basis set {basis!r} has no functions for element {sym}", {}
+                    return f"unknown basis set {shorten(basis)} (PySCF does not know this name)", {}
+                return f"basis set {shorten(basis)} has no functions for element {sym}", {}
             except Exception as exc:  # noqa: BLE001 - any other reason the name is unusable
-                return f"unusable basis set {basis!r} for {sym}: {exc}", {}
+                return f"unusable basis set {shorten(basis)} for {sym}: {shorten(str(exc), 200, quote=False)}", {}
             try:
                 if gto.basis.load_ecp(basis, sym):
                     ecp[sym] = basis  # e.g. def2-* for heavy atoms: the basis expects its ECP
@@ -58,8 +59,16 @@ def _basis_check(basis: str, symbols: tuple[str, ...]) -> tuple[str | None, dict
     return None, ecp
 
 
-def _method_check(method: str, dispersion: str | None) -> str | None:
-    """Error message for an unknown functional or an unavailable dispersion model."""
+def _method_check(method: str, dispersion: str | None) -> tuple[str, str] | None:
+    """(field, message) for an unknown functional or an unavailable dispersion model."""
+    found = _method_message(method, dispersion)
+    if found is None:
+        return None
+    field, message = found
+    return field, shorten(message, 300, quote=False)
+
+
+def _method_message(method: str, dispersion: str | None) -> tuple[str, str] | None:
     from pyscf.dft import libxc
     from pyscf.scf import dispersion as disp_mod
 
@@ -70,19 +79,20 @@ def _method_check(method: str, dispersion: str | None) -> str | None:
             xc, _, disp_from_name = disp_mod.parse_dft(method)
             libxc.parse_xc(xc)
         except (KeyError, ValueError, NotImplementedError) as exc:
-            return f"unknown functional {method!r} (PySCF/libxc: {exc})"
+            return "method", f"unknown functional {shorten(method)} (PySCF/libxc: {shorten(str(exc), 120, quote=False)})"
     disp = dispersion or disp_from_name
+    field = "dispersion" if dispersion else "method"
     if disp:
         try:
             _, version, _ = disp_mod.parse_disp(xc, disp)
         except Exception as exc:  # noqa: BLE001
-            return f"unknown dispersion {disp!r}: {exc}"
+            return field, f"unknown dispersion {shorten(disp)}: {shorten(str(exc), 120, quote=False)}"
         if version not in disp_mod.DISP_VERSIONS:
-            return f"unknown dispersion {disp!r}; PySCF offers {', '.join(disp_mod.DISP_VERSIONS)}"
+            return field, f"unknown dispersion {shorten(disp)}; PySCF offers {', '.join(disp_mod.DISP_VERSIONS)}"
         backend = disp_mod.dftd3 if version.startswith("d3") else disp_mod.dftd4
         if backend is None:
-            return (
-                f"dispersion {disp!r} needs the optional package pyscf-dispersion "
+            return field, (
+                f"dispersion {shorten(disp)} needs the optional package pyscf-dispersion "
                 "(pip install pyscf-dispersion), which is not installed"
             )
     return None
@@ -207,25 +217,26 @@ class PySCFLabeler(Oracle):
             "conv_tol": s.conv_tol,
         }
 
-    def _validate(self, atoms: Atoms) -> tuple[str | None, dict]:
+    def _validate(self, atoms: Atoms) -> tuple[Problem | None, dict]:
         if atoms.pbc.any():
             pbc = atoms.pbc.tolist()
-            return f"PySCF oracle is molecular; got a periodic system (pbc={pbc})", {}
+            return Problem("kind", f"PySCF oracle is molecular; got a periodic system (pbc={pbc})"), {}
         if self._method_error:
-            return self._method_error, {}
+            return Problem(*self._method_error), {}
         charge, mult = charge_and_multiplicity(atoms)
         msg = _electron_check(atoms.numbers, charge, mult)
         if msg:
-            return msg, {}
-        return _basis_check(self.settings.basis, tuple(sorted(set(atoms.get_chemical_symbols()))))
+            return Problem(None, msg), {}
+        msg, ecp = _basis_check(self.settings.basis, tuple(sorted(set(atoms.get_chemical_symbols()))))
+        return (Problem("basis", msg) if msg else None), ecp
 
-    def preflight(self, atoms: Atoms) -> str | None:
+    def problem(self, atoms: Atoms) -> Problem | None:
         return self._validate(atoms)[0]
 
     def _compute(self, atoms: Atoms) -> dict:
-        msg, ecp = self._validate(atoms)
-        if msg:
-            return failed("invalid_input", msg)
+        found, ecp = self._validate(atoms)
+        if found:
+            return failed("invalid_input", found.message)
         charge, mult = charge_and_multiplicity(atoms)
         job: dict[str, Any] = {
             "settings": self.settings.model_dump(),
