@@ -192,7 +192,7 @@ def test_run_refuses_an_oracle_that_cannot_label_the_start_and_writes_nothing(tm
     db = tmp_path / "bad.db"
     out = run_alflow("run", str(spec), "--db", f"sqlite:///{db}", "-q", cwd=tmp_path, timeout=120)
     assert out.returncode == 2
-    assert "field 'oracle'" in out.stderr and "nosuchcalc" in out.stderr
+    assert "field 'oracle.calculator'" in out.stderr and "nosuchcalc" in out.stderr
     assert not db.exists()
 
 
