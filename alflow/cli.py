@@ -242,11 +242,11 @@ def sites_show(name: str = typer.Argument(..., help="Site name or YAML path.")) 
 @sites_app.command("check")
 def sites_check(name: str = typer.Argument(..., help="Site name or YAML path.")) -> None:
     """Validate a site, check that its tasks fit its blocks, and show the batch headers."""
-    from alflow.engine.sites import ROLES, check_site, render_batch_script, workers_per_node
+    from alflow.engine.sites import check_site, render_batch_script, site_roles, workers_per_node
 
     with user_errors():
         site = check_site(name, origin="NAME")
-    for role in ROLES:
+    for role in site_roles(site):
         ex = site.executors[role]
         typer.echo(f"[{role}] {ex.provider.kind} provider, {workers_per_node(role, ex)} worker(s) per node, "
                    f"{ex.cores_per_worker:g} core(s) each, task limit {ex.task_time_limit_s:.0f} s")
@@ -374,10 +374,16 @@ def status(name: str | None = typer.Argument(None, help="Campaign name (default:
         _print_summary(campaign_summary(url, name))
         from alflow.report import oracle_utilisation
 
+        from alflow.utilisation import campaign_utilisation
+
+        whole = campaign_utilisation(url, name)
+        for r in whole["roles"].values():
+            if r.utilisation is not None:
+                typer.echo(f"{r.role} utilisation (whole campaign): {100 * r.utilisation:.1f} % of "
+                           f"{r.workers} worker(s) over {whole['wall_s']:.0f} s")
         util = oracle_utilisation(url, name)
         if util.get("utilisation") is not None:
-            typer.echo(f"oracle utilisation during labelling: {100 * util['utilisation']:.1f} % of "
-                       f"{util['n_oracle_workers']} worker(s) ({util['workers_source']})")
+            typer.echo(f"  (oracle utilisation during labelling windows only: {100 * util['utilisation']:.1f} %)")
 
 
 @app.command("export")

@@ -935,6 +935,25 @@ def _generation_table(data: Data) -> str:
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
+def _whole_campaign_html(tasks: list[dict[str, Any]]) -> str:
+    """Per role, busy over allocated worker time for the whole campaign (alflow.utilisation)."""
+    from alflow.utilisation import utilisation_of
+
+    whole = utilisation_of(tasks)
+    rows = "".join(
+        f"<tr><td>{_e(r.role)}</td><td>{r.workers}</td><td>{r.tasks}</td><td>{r.busy_s:.1f}</td>"
+        f"<td>{r.allocated_s:.1f}</td><td>{'–' if r.utilisation is None else f'{100 * r.utilisation:.1f} %'}</td></tr>"
+        for r in whole["roles"].values())
+    if not rows:
+        return ""
+    head = ["role", "workers", "timed tasks", "busy (s)", "allocated (s)", "utilisation"]
+    return (f"<p><b>Whole-campaign utilisation</b> over {whole['wall_s']:.1f} s of orchestrator time "
+            f"({whole['runs']} run(s)):</p>"
+            '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + rows + "</tbody></table></div>"
+            + f'<p class="note">Definition: {_e(whole["definition"])}</p>')
+
+
 def _utilisation_html(util: dict[str, Any]) -> str:
     if util["utilisation"] is None:
         return _notes_html(["Oracle utilisation cannot be computed: no label task has both a start "
@@ -949,7 +968,7 @@ def _utilisation_html(util: dict[str, Any]) -> str:
             + "</tr>")
     head = ["gen", "label tasks", "window (s)", "task run time (s)", "oracle call time (s)",
             "utilisation", "oracle-call utilisation"]
-    return (f"<p><b>Oracle utilisation {100 * util['utilisation']:.1f} %</b> "
+    return (f"<p><b>Oracle utilisation during labelling windows only {100 * util['utilisation']:.1f} %</b> "
             f"(oracle calls alone: {100 * util['oracle_call_utilisation']:.1f} %) of "
             f"{util['n_oracle_workers']} oracle worker(s) ({_e(util['workers_source'])}), over "
             f"{util['timed_label_tasks']} timed label tasks.</p>"
@@ -994,6 +1013,7 @@ def _page(data: Data, figs: dict[str, Fig], util: dict[str, Any], missing: list[
             if name in figs:
                 parts.append(_figure_html(figs[name]))
         if names == ["timeline"]:
+            parts.append(_whole_campaign_html(data.tasks))
             parts.append(_utilisation_html(util))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -249,6 +249,28 @@ class StoppingSpec(Strict):
     stop_on_failed_generation: bool = False
 
 
+class SchedulingSpec(Strict):
+    """How the steps of a campaign are laid out in time.
+
+    - ``generational``: every generation labels, trains, evaluates, samples and selects in
+      turn, each step waiting for the one before (reproducible to the bit: the default, and
+      what the data-efficiency benchmarks use). Validation runs beside the steps, never
+      holding them up.
+    - ``streaming``: the oracle labels from a persistent candidate queue, most uncertain
+      first, without waiting for training; a new generation starts training (warm) once
+      `retrain_every` new labels have arrived since the last one froze its training set;
+      each new ensemble re-scores the queue (dropping what it now knows, below trust_lo),
+      then samples and selects into the queue. Stop rules are checked on each new ensemble,
+      and labels handed to the oracle count against the budget the moment they are sent.
+    """
+
+    mode: Literal["generational", "streaming"] = "generational"
+    retrain_every: int = Field(8, ge=1, description="streaming: new labels per retraining")
+    # streaming: label tasks handed to the oracle executor ahead of its free workers; the
+    # rest wait in the queue, where re-scoring can still reorder and drop them
+    oracle_lookahead: int = Field(1, ge=0)
+
+
 class GeometrySource(Strict):
     path: str = Field(min_length=1)  # relative to the spec file
     # An ASE format name, guessed from the file when None (then pymatgen if ASE fails);
@@ -304,6 +326,7 @@ class CampaignSpec(Strict):
     selection: SelectionSpec = SelectionSpec()
     stopping: StoppingSpec = StoppingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    scheduling: SchedulingSpec = SchedulingSpec()
     validation: ValidationSpec = ValidationSpec()
     site: str = "local"
     seed: int = Field(0, ge=0, lt=2**63)  # numpy and torch take any such seed

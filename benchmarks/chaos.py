@@ -16,7 +16,7 @@ Kills hit the orchestrator's whole process group (`--alflow-only` kills just the
 process), and after every kill the run's own Parsl processes (from its process record)
 must be gone within 60 s.
 
-    python benchmarks/chaos.py [--kills 20] [--seed 100]
+    python benchmarks/chaos.py [--kills 20] [--seed 100] [--mode generational|streaming]
 
 `run_trial` is also the engine of tests/test_chaos.py (three kills on one campaign).
 """
@@ -72,12 +72,13 @@ class TrialReport:
     wall_s: float = 0.0
 
 
-def chaos_spec(tmp: Path, name: str, log: Path, generations: int = 2) -> Path:
+def chaos_spec(tmp: Path, name: str, log: Path, generations: int = 2, mode: str = "generational") -> Path:
     path = write_spec(tmp, name, generations=generations, max_epochs=20, label_batch_size=2, n_initial=12,
                       oracle={"kind": "ase", "calculator": "alflow.oracles.faulty:CountingEMT",
                               "settings": {"log_path": str(log), "delay_s": 0.4}})
     spec = yaml.safe_load(path.read_text())
     spec["validation"].update(steps=60)
+    spec["scheduling"] = {"mode": mode, "retrain_every": 3}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -172,12 +173,12 @@ def count_calls(url: str, log: Path) -> tuple[int, int, int]:
 
 
 def run_trial(tmp: Path, name: str, kills: list[tuple[tuple[int, str], float, bool]],
-              generations: int = 2) -> TrialReport:
+              generations: int = 2, mode: str = "generational") -> TrialReport:
     """One campaign, killed at each (target (generation, step), delay, whole group) in turn,
     each kill followed by `alflow resume`; the last resume runs to the end."""
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "oracle_calls.log"
-    spec = chaos_spec(tmp, name, log, generations)
+    spec = chaos_spec(tmp, name, log, generations, mode)
     site = write_site(tmp)
     url = f"sqlite:///{tmp / 'chaos.db'}"
     workdir = tmp / "alflow-runs" / name
@@ -212,13 +213,15 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20, help="trials: one campaign, one kill each")
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--alflow-only", action="store_true", help="kill only the alflow process, not its group")
+    ap.add_argument("--mode", choices=("generational", "streaming"), default="generational")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     trials = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.kills):
             target, delay, _ = random_kill(rng, 2)
-            report = run_trial(Path(tmp) / f"trial-{k}", f"chaos_{k}", [(target, delay, not args.alflow_only)])
+            report = run_trial(Path(tmp) / f"trial-{k}", f"chaos_{k}", [(target, delay, not args.alflow_only)],
+                               mode=args.mode)
             trials.append(report)
             kill = report.kills[0] if report.kills else None
             where = f"gen {kill.generation} {kill.step:<8}" if kill else "(ended before the kill)"

@@ -51,7 +51,19 @@ else:
             context.run_migrations()
     else:
         with get_engine(_url()).connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # SQLite alters a table by copying it and dropping the original, which the
+                # foreign keys of other tables refuse while they are enforced; they are
+                # checked once at the end instead (a violation aborts the migration)
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             _configure(connection=connection)
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:
+                    bad = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if bad:
+                        raise RuntimeError(f"migration left foreign keys dangling: {bad[:5]}")
             connection.commit()
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")

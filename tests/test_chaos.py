@@ -14,13 +14,23 @@ from chaos import run_trial
 pytestmark = pytest.mark.slow
 
 
-def test_three_kills_repeat_no_oracle_call_and_lose_no_label(tmp_path):
-    kills = [
+KILLS = {
+    "generational": [
         ((0, "label"), 1.0, False),  # only the alflow process: its reaper must end the rest
         ((0, "train"), 2.0, True),  # the whole process group
         ((1, "sample"), 0.5, True),
-    ]
-    report = run_trial(tmp_path, "chaos_test", kills)
+    ],
+    "streaming": [  # generation 1 collects (labels) while generation 0 samples and selects
+        ((0, "label"), 1.0, False),
+        ((0, "sample"), 0.3, True),
+        ((1, "train"), 1.0, True),
+    ],
+}
+
+
+@pytest.mark.parametrize("mode", ["generational", "streaming"])
+def test_three_kills_repeat_no_oracle_call_and_lose_no_label(tmp_path, mode):
+    report = run_trial(tmp_path, "chaos_test", KILLS[mode], mode=mode)
     assert [(k.generation, k.step) for k in report.kills][:1] == [(0, "label")]
     assert len(report.kills) == 3
     assert report.finished

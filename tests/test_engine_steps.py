@@ -398,3 +398,63 @@ def test_waiting_is_bounded_even_when_nothing_ever_runs(ledger, tmp_path):
     assert done.wait(10)
     ((_, outcome),) = result
     assert outcome.error == "stalled" and len(backend.calls) == 2
+
+
+# ------------------------------------------------------------------ streaming
+def test_streaming_campaign_labels_from_the_queue_while_models_train(tmp_path, db_url):
+    new_campaign(tmp_path, db_url, "dw_stream", scheduling={"mode": "streaming", "retrain_every": 4,
+                                                             "oracle_lookahead": 0},
+                 evaluation={"label_batch_size": 1},
+                 stopping={"max_generations": 3, "oracle_budget": 30},
+                 samplers=[{"kind": "random", "scale": 0.3, "seeds": 8}],
+                 selection={"trust_lo": 0.1, "trust_hi": 50.0, "max_per_generation": 6, "dedupe_tol": 0.05})
+    ctx, scheduler = inline(db_url, "dw_stream", workers=1)
+    reason = run(ctx, scheduler)
+    assert reason in ("max_generations reached (3)", "oracle budget spent (30 of 30 calls)"), reason
+    with get_engine(db_url).connect() as c:
+        q = lambda sql, **kw: c.execute(sa.text(sql), kw).all()  # noqa: E731
+        gens = q("SELECT id, idx, state FROM generation ORDER BY idx")
+        assert [g.state for g in gens] == ["done"] * len(gens) and len(gens) == 3
+        # every label came from a queue entry, and the entry points at it and its task
+        orphans = q("SELECT l.id FROM label l LEFT JOIN label_queue e ON e.label_id = l.id WHERE e.id IS NULL")
+        assert orphans == []
+        assert q("SELECT COUNT(*) FROM label_queue WHERE status = 'labelled' AND (task_id IS NULL "
+                 "OR label_id IS NULL)")[0][0] == 0
+        calls = q("SELECT COUNT(*) FROM label")[0][0]
+        assert calls <= 30  # the budget was never exceeded, in-flight work included
+        # each generation trained on a frozen set that grew by at least retrain_every labels
+        sizes = [r[0] for r in q("SELECT n_train + n_val + n_test FROM training_set ts JOIN generation g "
+                                 "ON g.id = ts.generation_id ORDER BY g.idx")]
+        assert sizes[0] == 6 and all(b - a >= 1 for a, b in zip(sizes, sizes[1:]))
+        assert sizes[1] - sizes[0] >= 4
+        # generation 1 collected labels from generation 0's queue; those tasks carry generation 1
+        assert q("SELECT COUNT(*) FROM task t JOIN generation g ON g.id = t.generation_id "
+                 "WHERE t.kind = 'label' AND g.idx = 1")[0][0] >= 1
+        # each new ensemble re-scored what was still queued; a drop names the generation
+        rescored = q("SELECT COUNT(*) FROM task WHERE kind = 'rescore' AND status = 'done'")[0][0]
+        assert rescored >= 1
+        assert q("SELECT COUNT(*) FROM label_queue WHERE status = 'dropped' AND (dropped_by_id IS NULL "
+                 "OR reason NOT LIKE '%below trust_lo%')")[0][0] == 0
+    from alflow.db.queries import named_query
+
+    assert named_query(db_url, "training-labels", "dw_stream").rows  # the same questions in both modes
+
+
+def test_validation_runs_beside_sampling_and_never_holds_it_up(tmp_path, sqlite_url):
+    from engine_helpers import write_spec
+
+    path = write_spec(tmp_path, "cu_val", generations=1, max_epochs=5)
+    spec = yaml.safe_load(path.read_text())
+    spec["validation"].update(steps=400)
+    path.write_text(yaml.safe_dump(spec))
+    upgrade(sqlite_url)
+    create_campaign(load_spec(path), sqlite_url, site="inline", workdir=tmp_path / "run")
+    ctx, scheduler = inline(sqlite_url, "cu_val")
+    ctx.validate_role = "validate"
+    run(ctx, scheduler)
+    with get_engine(sqlite_url).connect() as c:
+        times = {k: (s, f) for k, s, f in c.execute(sa.text(
+            "SELECT kind, submitted_at, finished_at FROM task WHERE kind IN ('validate', 'sample')")).all()}
+        assert times["sample"][0] < times["validate"][1]  # sampling went out before validation ended
+        stab = c.execute(sa.text("SELECT stability_time_fs FROM model_eval WHERE model_id IS NULL")).scalar()
+        assert stab is not None  # and its result was still recorded, before the campaign finished

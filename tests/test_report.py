@@ -73,7 +73,13 @@ def test_report_has_every_figure_embedded_and_on_disk(db_url, tmp_path):
     assert "The next generation&#x27;s σ_F is on record for" in page
     # utilisation on the page agrees with the function
     util = oracle_utilisation(db_url, summary["name"])
-    assert f"Oracle utilisation {100 * util['utilisation']:.1f} %" in page
+    assert f"Oracle utilisation during labelling windows only {100 * util['utilisation']:.1f} %" in page
+    from alflow.utilisation import campaign_utilisation
+
+    whole = campaign_utilisation(db_url, summary["name"])
+    assert "Whole-campaign utilisation" in page and page.index("Whole-campaign") < page.index("Oracle utilisation during labelling windows only")
+    oracle = whole["roles"]["oracle"]
+    assert f"{100 * oracle.utilisation:.1f} %" in page and oracle.workers == 2
 
 
 def test_null_columns_are_skipped_and_said(sqlite_url, tmp_path):

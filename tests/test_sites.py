@@ -30,7 +30,9 @@ def test_shipped_sites_validate_and_build_one_executor_per_role():
         site = sites.load_site(name)
         assert sites.check_feasibility(site) == []
         cfg = sites.to_parsl_config(site, "/tmp/alflow-test-runinfo")
-        assert [e.label for e in cfg.executors] == ["oracle", "train", "sample"]
+        # the local site validates on a worker of its own, beside sampling and labelling
+        extra = ["validate"] if name == "local" else []
+        assert [e.label for e in cfg.executors] == ["oracle", "train", "sample", *extra]
         # alflow's scheduler retries (recording every attempt) and replaces stalled blocks:
         # Parsl must do neither, or an attempt would run twice unrecorded
         assert cfg.retries == 0

@@ -350,3 +350,34 @@ class Task(Base):
     resources: Mapped[dict[str, Any] | None]
     error_class: Mapped[str | None] = mapped_column(String(40))
     error_msg: Mapped[str | None] = mapped_column(Text)
+
+
+class QueueEntry(Base):
+    """The label queue: a geometry a campaign chose to label, from selection to its label.
+
+    An entry is `queued` when selected (or listed as a starting geometry), `dispatched`
+    when a label task took it, `labelled` when its label is recorded (ok or failed), or
+    `dropped` when a newer ensemble found it below trust_lo before the oracle got to it
+    (`dropped_by` says which generation's ensemble, `reason` with which σ_F). `priority` is
+    the calibrated σ_F (eV/Å) the latest scoring ensemble gave it: highest is labelled first.
+    """
+
+    __tablename__ = "label_queue"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "geometry_id"),
+        CheckConstraint("status IN ('queued','dispatched','labelled','dropped')", name="status"),
+    )
+    id: Mapped[int] = _id()
+    campaign_id: Mapped[int] = _fk("campaign.id", ondelete="CASCADE")
+    geometry_id: Mapped[int] = _fk("geometry.id")
+    sample_id: Mapped[int | None] = _fk("sample.id", nullable=True)
+    generation_id: Mapped[int] = _fk("generation.id", ondelete="CASCADE")  # whose selection queued it
+    priority: Mapped[float | None] = mapped_column(Float)
+    scored_by_id: Mapped[int | None] = _fk("generation.id", nullable=True)
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    dropped_by_id: Mapped[int | None] = _fk("generation.id", nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[int | None] = _fk("task.id", nullable=True)
+    label_id: Mapped[int | None] = _fk("label.id", nullable=True)
+    created_at: Mapped[dt.datetime] = _created()
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

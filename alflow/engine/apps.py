@@ -30,6 +30,8 @@ from alflow.engine.results import (
     LabelBatch,
     LabelledGeometry,
     LabelRequest,
+    Rescore,
+    RescoreRequest,
     SampleRequest,
     SamplingResult,
     Timing,
@@ -142,9 +144,16 @@ def sample(req: SampleRequest, env: Envelope) -> SamplingResult:
     return SamplingResult(req.sampler_index, tuple(candidates), tuple(out.walkers), Timing.since(started))
 
 
+def rescore(req: RescoreRequest, env: Envelope) -> Rescore:
+    started = time.time()
+    sigma = _ensemble(req.ensemble).predict(list(req.geometries)).sigma_f
+    return Rescore(tuple(float(x) for x in sigma), Timing.since(started))
+
+
 ADAPTERS: dict[type, Callable[[Any, Envelope], Any]] = {
     WarmupRequest: warm_up, LabelRequest: label_batch, TrainRequest: train,
     EvaluateRequest: evaluate, ValidateRequest: validate, SampleRequest: sample,
+    RescoreRequest: rescore,
 }
 
 

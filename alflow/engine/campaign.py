@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from alflow.db import models as m
 from alflow.db import writers
 from alflow.db.session import session_factory
+from alflow.engine import queue
 from alflow.engine.context import CampaignContext, Progress
-from alflow.engine.results import WarmupRequest
-from alflow.engine.scheduler import Limits, Scheduler, TaskLedger, WorkItem
-from alflow.engine.states import NEXT, GenState, TaskError, TaskStatus
+from alflow.engine.runner import Runner, mark_lost
+from alflow.engine.scheduler import Limits, Scheduler, TaskLedger
+from alflow.engine.states import NEXT, GenState
 from alflow.engine.steps import STEPS, stop
 from alflow.errors import InputError
 from alflow.spec import parse_spec
@@ -64,52 +65,8 @@ def _set_campaign(ctx: CampaignContext, **values) -> None:
         s.execute(sa.update(m.Campaign).where(m.Campaign.id == ctx.id).values(updated_at=_now(), **values))
 
 
-def run_step(ctx: CampaignContext, scheduler: Scheduler, gen: m.Generation, state: GenState):
-    """One step of one generation, to its end; returns the step's facts."""
-    step = STEPS[state]
-    ctx.emit(generation=gen.idx, step=state.value, done=0, running=0, failed=0)
-    scheduler.submit(step.plan(ctx, gen))
-    done = failed = 0
-    for batch in scheduler.drain():
-        with ctx.Session.begin() as s:
-            scheduler.ledger.close(s, [o.extra["row"] for _, o in batch])
-            for item, outcome in batch:
-                step.record(s, ctx, gen, item, outcome)
-        failed += sum(not o.ok for _, o in batch)
-        done += sum(o.ok for _, o in batch)
-        ctx.emit(done=done, failed=failed, running=scheduler.in_flight(),
-                 message="; ".join(scheduler.events[-1:]))
-    return step.finish(ctx, gen)
-
-
-def warm_up(ctx: CampaignContext, scheduler: Scheduler, roles: list[str]) -> None:
-    """One warm-up task per worker of each role, so worker start-up (imports, the oracle's
-    forked child) is not charged to the first real task; recorded as kind 'warmup-<role>'."""
-    ctx.emit(step="starting workers")
-    with ctx.Session() as s:
-        gen_id = ctx.latest_generation(s).id
-    items = [WorkItem(kind=f"warmup-{role}", role=role, key="",
-                      request=WarmupRequest(role, ctx.spec.oracle if role == "oracle" else None),
-                      generation_id=gen_id, resources={"role": role})
-             for role in roles for _ in range(scheduler.backend.capacity(role))]
-    scheduler.submit(items)
-    for batch in scheduler.drain():
-        with ctx.Session.begin() as s:
-            scheduler.ledger.close(s, [o.extra["row"] for _, o in batch])
-
-
-def mark_lost(ctx: CampaignContext) -> int:
-    """Tasks an earlier orchestrator left open are recorded lost (their finished work is
-    read back from the run directory by the steps that need it)."""
-    with ctx.Session.begin() as s:
-        return s.execute(sa.update(m.Task).where(
-            m.Task.campaign_id == ctx.id, m.Task.status.in_((TaskStatus.PENDING.value, TaskStatus.RUNNING.value))
-        ).values(status=TaskStatus.FAILED.value, error_class=TaskError.ORCHESTRATOR_LOST.value,
-                 finished_at=_now(), error_msg="the orchestrator stopped before this task reported back")).rowcount
-
-
-def run(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None = None) -> str:
-    """Advance step by step until a stop rule fires; returns the stop reason."""
+def begin(ctx: CampaignContext, runner: Runner, warm_roles: list[str] | None) -> str | None:
+    """Start (or resume) a run: the stop reason if the campaign has finished already."""
     with ctx.Session() as s:
         camp = s.get(m.Campaign, ctx.id)
         if camp.status == "finished":
@@ -117,16 +74,52 @@ def run(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None
     lost = mark_lost(ctx)
     if lost:
         ctx.emit(message=f"{lost} task(s) from an interrupted run marked lost")
+    with ctx.Session.begin() as s:
+        queue.release(s, ctx.id)  # entries an earlier run took but did not label: take them again
     _set_campaign(ctx, status="running")
     with ctx.Session() as s:
         ctx.emit(oracle_cpu_s=ctx.oracle_cpu_s(s))
     if warm_roles:
-        warm_up(ctx, scheduler, warm_roles)
+        runner.warm_up(warm_roles)
+    runner.catch_up_validations()
+    return None
+
+
+def finish_campaign(ctx: CampaignContext, runner: Runner, gen: m.Generation, reason: str) -> str:
+    """Record the stop reason once everything handed out has reported (validations, paid
+    oracle calls): nothing of a finished campaign is left running."""
+    ctx.emit(step="finishing", message=reason)
+    runner.drain()
+    with ctx.Session.begin() as s:
+        s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(stop_reason=reason))
+    _set_campaign(ctx, status="finished", stop_reason=reason)
+    ctx.emit(step="finished", message=reason)
+    return reason
+
+
+def set_state(ctx: CampaignContext, gen: m.Generation, state: GenState) -> None:
+    with ctx.Session.begin() as s:
+        s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(state=state.value))
+    gen.state = state.value
+
+
+def run(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None = None) -> str:
+    """Generational scheduling: each step of each generation in turn until a stop rule
+    fires; returns the stop reason. Validation is handed out and not waited for."""
+    if ctx.spec.scheduling.mode == "streaming":
+        from alflow.engine.streaming import run_streaming
+
+        return run_streaming(ctx, scheduler, warm_roles)
+    runner = Runner(ctx, scheduler)
+    done = begin(ctx, runner, warm_roles)
+    if done is not None:
+        return done
     while True:
         with ctx.Session() as s:
             gen = ctx.latest_generation(s)
             s.expunge(gen)
         state = GenState(gen.state)
+        reason = None
         if state == GenState.DONE:
             reason = stop.check(ctx, gen, GenState.DONE, None)
             if reason is None:
@@ -134,16 +127,14 @@ def run(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None
                     s.add(m.Generation(campaign_id=ctx.id, idx=gen.idx + 1, state=GenState.LABEL.value))
                 continue
         else:
-            facts = run_step(ctx, scheduler, gen, state)
-            reason = stop.check(ctx, gen, state, facts)
-            with ctx.Session.begin() as s:
-                s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(state=NEXT[state].value))
+            ctx.emit(generation=gen.idx, step=state.value)
+            runner.submit(gen, state)
+            if state != GenState.VALIDATE:
+                runner.settle(gen, state.value)
+            reason = stop.check(ctx, gen, state, STEPS[state].finish(ctx, gen))
+            set_state(ctx, gen, NEXT[state])
         if reason:
-            with ctx.Session.begin() as s:
-                s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(stop_reason=reason))
-            _set_campaign(ctx, status="finished", stop_reason=reason)
-            ctx.emit(step="finished", message=reason)
-            return reason
+            return finish_campaign(ctx, runner, gen, reason)
 
 
 def limits_for(site, spec) -> Limits:
@@ -177,9 +168,12 @@ def run_campaign(name: str, url: str, *, site_name: str | None = None,
     if ended:
         ctx.emit(message=f"ended {len(ended)} process(es) an earlier run left behind")
     ctx.oracle_workers = role_capacity("oracle", site.executors["oracle"])
-    backend = ParslBackend(site, ctx.workdir / "runinfo", ProcessRegistry(runs))
-    scheduler = Scheduler(backend, TaskLedger(ctx.Session, ctx.id, ctx.site_name), ctx.run_dir,
-                          limits_for(site, ctx.spec))
+    if "validate" in site.executors:
+        ctx.validate_role = "validate"
+    registry = ProcessRegistry(runs)
+    backend = ParslBackend(site, ctx.workdir / "runinfo", registry)
+    scheduler = Scheduler(backend, TaskLedger(ctx.Session, ctx.id, ctx.site_name, registry.record.run_id),
+                          ctx.run_dir, limits_for(site, ctx.spec))
     try:
         backend.start()
         return run(ctx, scheduler, warm_roles=list(site.executors))

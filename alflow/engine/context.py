@@ -63,6 +63,7 @@ class CampaignContext:
     method_id: int
     method_key: str
     oracle_workers: int | None = None
+    validate_role: str = "sample"  # a site's own 'validate' executor when it has one
     progress: Progress | None = None
     status: Status = field(default_factory=Status)
 

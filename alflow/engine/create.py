@@ -18,6 +18,7 @@ from alflow import __version__
 from alflow.db import models as m
 from alflow.db import writers
 from alflow.db.session import session_factory
+from alflow.engine import queue
 from alflow.engine.states import GenState
 from alflow.errors import InputError
 from alflow.spec import LoadedSpec, spec_json
@@ -71,4 +72,7 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
         s.execute(sa.insert(m.Sample), samples)
         if edges:
             s.execute(sa.insert(m.GeometryEdge), edges)
+        chosen = s.execute(sa.select(m.Sample.geometry_id, m.Sample.id).where(
+            m.Sample.sampling_run_id == run.id, m.Sample.selected.is_(True)).order_by(m.Sample.id)).all()
+        queue.enqueue(s, camp.id, gen.id, [(g, sid, None) for g, sid in chosen])
         return camp.id

@@ -114,6 +114,13 @@ class SampleRequest:
     carving_radius: float | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class RescoreRequest:
+    ensemble: EnsembleRef
+    geometries: tuple[Atoms, ...]
+    entry_ids: tuple[int, ...]  # label queue entries, in the order of `geometries`
+
+
 @dataclass(frozen=True)
 class WarmupRequest:
     role: str
@@ -161,6 +168,12 @@ class SamplingResult:
     sampler_index: int
     candidates: tuple[Candidate, ...]
     walkers: tuple[WalkerRecord, ...]
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class Rescore:
+    sigma_f: tuple[float, ...]  # uncalibrated σ_F of each geometry (eV/Å)
     timing: Timing
 
 

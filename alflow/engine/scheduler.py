@@ -36,6 +36,7 @@ import datetime as dt
 import heapq
 import itertools
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -113,17 +114,24 @@ class _Attempt:
 class TaskLedger:
     """The task table: a row per attempt, opened before dispatch and closed at the end."""
 
-    def __init__(self, Session: sessionmaker[Session], campaign_id: int, site: str | None):
+    def __init__(self, Session: sessionmaker[Session], campaign_id: int, site: str | None,
+                 run_id: str | None = None):
         self.Session = Session
         self.campaign_id = campaign_id
         self.site = site
+        self.run_id = run_id or uuid.uuid4().hex[:12]
 
-    def open(self, attempts: list[tuple[WorkItem, int]]) -> list[int]:
+    def open(self, attempts: list[tuple[WorkItem, int]], workers: dict[str, int] | None = None) -> list[int]:
+        """Rows for attempts about to be dispatched; `resources` also records this
+        orchestrator run and the role's workers (what utilisation is measured against)."""
         now = utc()
+        workers = workers or {}
         rows = [{"campaign_id": self.campaign_id, "generation_id": item.generation_id,
                  "kind": item.kind, "key": item.key or None, "site": self.site,
                  "executor": item.role, "status": TaskStatus.RUNNING.value, "tries": tries,
-                 "submitted_at": now, "resources": item.resources}
+                 "submitted_at": now,
+                 "resources": {**(item.resources or {}), "run": self.run_id,
+                               **({"workers": workers[item.role]} if item.role in workers else {})}}
                 for item, tries in attempts]
         with self.Session.begin() as s:
             return [s.scalar(sa.insert(m.Task).values(**row).returning(m.Task.id)) for row in rows]
@@ -245,7 +253,7 @@ class Scheduler:
                 room -= 1
         if not batch:
             return
-        ids = self.ledger.open(batch)
+        ids = self.ledger.open(batch, {role: self.backend.capacity(role) for role in {i.role for i, _ in batch}})
         now = time.monotonic()
         failed_rows = []
         for (item, tries), task_id in zip(batch, ids, strict=True):

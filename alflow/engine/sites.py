@@ -20,7 +20,8 @@ from alflow.errors import InputError, shorten
 from alflow.spec import FiniteFloat
 from alflow.yamlio import load_yaml
 
-ROLES = ("oracle", "train", "sample")
+ROLES = ("oracle", "train", "sample")  # every site has these
+OPTIONAL_ROLES = ("validate",)  # validation on its own workers; else on the sample executor
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2}):(\d{2})$")
 
 
@@ -83,7 +84,7 @@ class ExecutorSpec(_Strict):
 class SiteSpec(_Strict):
     name: str
     description: str = ""
-    executors: dict[Literal["oracle", "train", "sample"], ExecutorSpec]
+    executors: dict[Literal["oracle", "train", "sample", "validate"], ExecutorSpec]
     retries: int = Field(2, ge=0)
     heartbeat_period_s: int = Field(5, ge=1)
     heartbeat_threshold_s: int = Field(30, ge=2)
@@ -211,6 +212,11 @@ def workers_per_node(role: str, ex: ExecutorSpec) -> int:
         # roles never compete for the cores (with GPUs, one worker per GPU, below)
         n = max(1, int((cores or local_cores()) // ex.cores_per_worker))
     return min(n, len(accel)) if accel else n
+
+
+def site_roles(site: SiteSpec) -> list[str]:
+    """The roles a site has executors for, in a fixed order."""
+    return [r for r in (*ROLES, *OPTIONAL_ROLES) if r in site.executors]
 
 
 def role_capacity(role: str, ex: ExecutorSpec) -> int:
@@ -354,7 +360,7 @@ def to_parsl_config(site: SiteSpec, run_dir: str | Path):
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     executors = []
-    for role in ROLES:
+    for role in site_roles(site):
         ex = site.executors[role]
         local = isinstance(ex.provider, LocalProviderSpec)
         executors.append(HighThroughputExecutor(

@@ -7,7 +7,8 @@
 `plan` is idempotent: called again after a crash it asks only for what has no recorded
 result (and the scheduler reads back results kept in the run directory), so a resumed
 campaign repeats nothing. `record` runs inside the transaction that closes the task row.
-Steps that need no workers (select) do their work in `finish`. Stop rules are in `stop`.
+Steps that need no workers (select) do their work in `finish`. Stop rules are in `stop`;
+`rescore` (streaming) is not a generation state but work each new ensemble does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from alflow.engine.states import GenState
-from alflow.engine.steps import evaluate, label, sample, select, train, validate
+from alflow.engine.steps import evaluate, label, rescore, sample, select, train, validate
 
 STEPS: dict[GenState, ModuleType] = {
     GenState.LABEL: label,
@@ -25,3 +26,4 @@ STEPS: dict[GenState, ModuleType] = {
     GenState.SAMPLE: sample,
     GenState.SELECT: select,
 }
+__all__ = ["STEPS", "rescore"]

@@ -1,7 +1,8 @@
 """Label: send the geometries this generation must label to the oracle, in batches.
 
-Generation 0 labels the initial geometries (or the clusters carved from periodic ones);
-generation g > 0 labels what generation g−1 selected. A geometry with any label of the
+Work comes from the label queue (`engine/queue.py`). Generational: generation 0 labels the
+initial geometries (or the clusters carved from periodic ones), generation g > 0 what
+generation g−1 selected. Streaming: the most uncertain queued frames, a few at a time. A geometry with any label of the
 campaign's oracle method is never sent again, and an oracle call that finished in an
 earlier attempt or an earlier run (kept in the run directory by the worker, `durable.py`)
 is recorded from there, never recomputed. Failures are labels: an oracle failure comes back
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from alflow.db import models as m
 from alflow.db import writers
-from alflow.engine import durable
+from alflow.engine import durable, queue
 from alflow.engine.context import CampaignContext, key
 from alflow.engine.results import LabelJob, LabelledGeometry, LabelRequest, Outcome
 from alflow.engine.scheduler import WorkItem
@@ -44,17 +45,14 @@ def label_key(content_hash: str, method_key: str) -> str:
     return key("label-v1", content_hash, method_key)
 
 
-def wanted_geometries(s: Session, ctx: CampaignContext, gen: m.Generation) -> list[int]:
-    """Geometries this generation must label: the initial ones in generation 0, later the
-    frames the previous generation selected."""
-    q = (sa.select(m.Sample.geometry_id).join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
-         .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
-         .where(m.Generation.campaign_id == ctx.id, m.Sample.selected.is_(True)))
+def intake(s: Session, ctx: CampaignContext, gen: m.Generation) -> sa.Select:
+    """Queue entries this generation labels: the initial ones in generation 0, later the
+    frames the previous generation selected (generational scheduling)."""
     if gen.idx == 0:
-        q = q.where(m.SamplingRun.kind == "initial", m.Generation.idx == 0)
-    else:
-        q = q.where(m.Generation.idx == gen.idx - 1, m.SamplingRun.kind != "initial")
-    return list(dict.fromkeys(s.scalars(q.order_by(m.Sample.id))))
+        return queue.waiting(ctx.id, generation_id=gen.id, initial=True)
+    prev = s.scalar(sa.select(m.Generation.id).where(m.Generation.campaign_id == ctx.id,
+                                                      m.Generation.idx == gen.idx - 1))
+    return queue.waiting(ctx.id, generation_id=prev, initial=False)
 
 
 def _row(ctx: CampaignContext, kept: LabelledGeometry, task_id: int) -> dict:
@@ -70,11 +68,19 @@ def _owned_task(s: Session, ctx: CampaignContext, task_id: int | None) -> bool:
         m.Task.id == task_id, m.Task.campaign_id == ctx.id, m.Task.kind == "label")) == 1
 
 
-def plan(ctx: CampaignContext, gen: m.Generation) -> list[WorkItem]:
+def plan(ctx: CampaignContext, gen: m.Generation, *, limit: int | None = None) -> list[WorkItem]:
+    """Label work for the generation's intake (generational), or for up to `limit` of the
+    most uncertain queued frames (streaming: `gen` is the generation collecting labels)."""
+    streaming = ctx.spec.scheduling.mode == "streaming" and gen.idx > 0
     with ctx.Session.begin() as s:
-        wanted = wanted_geometries(s, ctx, gen)
+        select = queue.waiting(ctx.id) if streaming else intake(s, ctx, gen)
+        if streaming:
+            select = select.where(queue.Q.status == "queued")
+        entries = queue.take(s, select, limit=limit, by_priority=streaming)
+        wanted = [e.geometry_id for e in entries]
         have = set(s.scalars(sa.select(m.Label.geometry_id).where(
             m.Label.method_id == ctx.method_id, m.Label.geometry_id.in_(wanted))))
+        queue.close(s, ctx.id, ctx.method_id, sorted(have), None)  # labelled before, e.g. another campaign
         todo = [g for g in wanted if g not in have]
         geos = {g.id: g for g in s.scalars(sa.select(m.Geometry).where(m.Geometry.id.in_(todo)))}
         # oracle calls that finished before a crash: recorded from the run directory
@@ -87,6 +93,8 @@ def plan(ctx: CampaignContext, gen: m.Generation) -> list[WorkItem]:
             else:
                 jobs.append(LabelJob(gid, lkey, ctx.atoms(geos[gid])))
         writers.write_labels(s, harvested)
+        for row in harvested:
+            queue.close(s, ctx.id, ctx.method_id, [row["geometry_id"]], row["task_id"])
     if harvested:
         ctx.emit(message=f"{len(harvested)} oracle result(s) of an interrupted run recorded, not recomputed")
     size = ctx.spec.evaluation.label_batch_size
@@ -112,6 +120,7 @@ def record(s: Session, ctx: CampaignContext, gen: m.Generation, item: WorkItem, 
                                               task_id=outcome.task_id, error_class=error_class,
                                               error_msg=(outcome.message or "")[:2000]))
     writers.write_labels(s, rows)
+    queue.close(s, ctx.id, ctx.method_id, [job.geometry_id for job in item.tag], outcome.task_id)
     ctx.emit(oracle_cpu_s=ctx.status.oracle_cpu_s + sum(r["cpu_s"] or 0.0 for r in rows))
 
 

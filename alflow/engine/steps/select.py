@@ -15,6 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from alflow.db import models as m
+from alflow.engine import queue
 from alflow.engine.context import CampaignContext, seed_of
 from alflow.engine.scheduler import WorkItem
 
@@ -41,6 +42,10 @@ def finish(ctx: CampaignContext, gen: m.Generation) -> dict[str, int]:
             .order_by(m.Sample.id)).all()
         rows = [(smp, geo) for smp, geo in rows if smp.reason != "carved"]
         training = [ctx.atoms(geo) for _, geo in ctx.labels(s)]
+        if ctx.spec.scheduling.mode == "streaming":  # what waits in the queue is as good as known
+            training += [ctx.atoms(geo) for geo in s.scalars(
+                sa.select(m.Geometry).join(queue.Q, queue.Q.geometry_id == m.Geometry.id)
+                .where(queue.Q.campaign_id == ctx.id, queue.Q.status.in_(queue.WAITING)))]
         used = ctx.oracle_calls(s)
     budget = ctx.spec.stopping.oracle_budget
     cap = sel.max_per_generation if budget is None else max(0, min(sel.max_per_generation, budget - used))
@@ -56,6 +61,8 @@ def finish(ctx: CampaignContext, gen: m.Generation) -> dict[str, int]:
             s.execute(sa.update(m.Sample), [
                 {"id": smp.id, "bucket": v.bucket, "selected": v.selected, "reason": v.reason[:80]}
                 for (smp, _), v in zip(rows, selection.verdicts, strict=True)])
+            queue.enqueue(s, ctx.id, gen.id, [(geo.id, smp.id, v.uncertainty) for (smp, geo), v
+                                              in zip(rows, selection.verdicts, strict=True) if v.selected])
         s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(
             n_accurate=counts["accurate"], n_candidate=counts["candidate"], n_failed=counts["failed"],
             n_selected=counts["selected"], trust_lo=lo, trust_hi=hi, finished_at=dt.datetime.now(dt.UTC)))

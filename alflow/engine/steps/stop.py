@@ -3,9 +3,10 @@
 After LABEL: the failure gate (more than `max_failed_fraction` of the generation's labels
 failed, and the spec says to stop on it). After TRAIN: fewer than two members trained (an
 ensemble of one has no uncertainty). After a generation (DONE): target held-out force
-MAE reached, accurate fraction ≥ X for K generations, max_generations, the oracle budget
-spent, or nothing selected to label next. The rules are plain functions of plain facts;
-`check` gathers the facts from the database.
+MAE reached, accurate fraction ≥ X for K generations, max_generations (`model_rules`), the
+oracle budget spent, or nothing selected to label next (`supply_rules`; streaming judges
+these two on the whole queue, `engine/streaming.py`). The rules are plain functions of
+plain facts; `check` gathers the facts from the database.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def too_few_members(idx: int, facts: TrainFacts) -> str | None:
     return None
 
 
-def after_generation(stop: StoppingSpec, f: GenerationFacts) -> str | None:
+def model_rules(stop: StoppingSpec, f: GenerationFacts) -> str | None:
+    """Rules about what the campaign has learnt: target force MAE, accurate fraction for K
+    generations, max_generations."""
     if stop.target_force_mae is not None and f.force_mae is not None and f.force_mae <= stop.target_force_mae:
         return f"target force MAE reached: {f.force_mae:.4f} <= {stop.target_force_mae} eV/Å"
     if stop.accurate_fraction is not None and len(f.buckets) >= stop.accurate_generations:
@@ -55,11 +58,21 @@ def after_generation(stop: StoppingSpec, f: GenerationFacts) -> str | None:
                     f"{stop.accurate_generations} generations")
     if f.idx + 1 >= stop.max_generations:
         return f"max_generations reached ({stop.max_generations})"
+    return None
+
+
+def supply_rules(stop: StoppingSpec, f: GenerationFacts) -> str | None:
+    """Rules about what is left to label: the oracle budget, and nothing selected."""
     if stop.oracle_budget is not None and f.oracle_calls >= stop.oracle_budget:
         return f"oracle budget spent ({f.oracle_calls} of {stop.oracle_budget} calls)"
     if not f.n_selected:
         return "no new candidates selected: nothing left to label"
     return None
+
+
+def after_generation(stop: StoppingSpec, f: GenerationFacts) -> str | None:
+    """Generational scheduling, after a generation's selection: every rule, in this order."""
+    return model_rules(stop, f) or supply_rules(stop, f)
 
 
 def generation_facts(ctx: CampaignContext, gen: m.Generation) -> GenerationFacts:
@@ -75,12 +88,20 @@ def generation_facts(ctx: CampaignContext, gen: m.Generation) -> GenerationFacts
 
 
 def check(ctx: CampaignContext, gen: m.Generation, after: GenState, facts) -> str | None:
-    """The stop reason after step `after` of `gen`, or None to go on."""
+    """The stop reason after step `after` of `gen`, or None to go on. Streaming campaigns
+    also check the target error on each new ensemble, and leave the supply rules (budget,
+    nothing to label) to the streaming loop, which sees the queue and the work in flight."""
     stop = ctx.spec.stopping
+    streaming = ctx.spec.scheduling.mode == "streaming"
     if after == GenState.LABEL:
         return failure_gate(stop, gen.idx, facts)
     if after == GenState.TRAIN:
         return too_few_members(gen.idx, facts)
+    if after == GenState.EVALUATE and streaming:
+        f = generation_facts(ctx, gen)
+        if stop.target_force_mae is not None and f.force_mae is not None and f.force_mae <= stop.target_force_mae:
+            return f"target force MAE reached: {f.force_mae:.4f} <= {stop.target_force_mae} eV/Å"
     if after == GenState.DONE:
-        return after_generation(stop, generation_facts(ctx, gen))
+        f = generation_facts(ctx, gen)
+        return model_rules(stop, f) if streaming else after_generation(stop, f)
     return None

@@ -1,7 +1,9 @@
 """Validate: NN-MD with the generation's ensemble from fixed starts (the held-out geometries,
 else the initial ones): stability time and h(r) error against a cached reference run
 (`alflow.validation`). With `validation.reference: oracle` the campaign's own ASE
-calculator runs the reference.
+calculator runs the reference. Nothing waits for it: the campaign goes on to sampling, and
+the result is recorded whenever it arrives (on the site's `validate` executor where it has
+one, so it does not take the sampler's worker either).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def plan(ctx: CampaignContext, gen: m.Generation) -> list[WorkItem]:
         return []
     request = ValidateRequest(ref, starts, _settings(ctx), str(ctx.workdir / "validation-reference"),
                               ctx.spec.seed)
-    return [WorkItem(kind="validate", role="sample", key=key("validate", gen.id, ref.sha256s),
+    return [WorkItem(kind="validate", role=ctx.validate_role, key=key("validate", gen.id, ref.sha256s),
                      request=request, generation_id=gen.id)]
 
 
