@@ -207,31 +207,3 @@ def test_run_refuses_an_oracle_that_cannot_label_the_start_and_writes_nothing(tm
     assert out.returncode == 2
     assert "field 'oracle.calculator'" in out.stderr and "nosuchcalc" in out.stderr
     assert not db.exists()
-
-
-def _selections(url: str, name: str) -> list[list[str]]:
-    with get_engine(url).connect() as c:
-        return [sorted(c.execute(sa.text(
-            "SELECT g.content_hash FROM sample s JOIN sampling_run r ON r.id = s.sampling_run_id "
-            "JOIN geometry g ON g.id = s.geometry_id JOIN generation n ON n.id = r.generation_id "
-            "JOIN campaign c ON c.id = n.campaign_id WHERE c.name = :name AND n.idx = :i "
-            "AND s.selected AND r.kind <> 'initial'"), {"name": name, "i": i}).scalars())
-            for i in range(2)]
-
-
-def test_one_seed_gives_one_campaign_however_labelling_is_batched(tmp_path):
-    """Label ids follow the order in which oracle tasks finish; seeds and training batches
-    drawn from the labels must not, or rerunning a campaign (or changing only how its
-    oracle work is cut into tasks) samples and selects something else."""
-    site = write_site(tmp_path)
-    runs = []
-    for batch in (1, 12):
-        d = tmp_path / f"batch{batch}"
-        d.mkdir()
-        spec = write_spec(d, "cu_repro", label_batch_size=batch, samplers=[
-            {"kind": "random", "scale": 0.1, "seeds": 6, "recent_seed_fraction": 0.5}])
-        url = f"sqlite:///{d / 'alflow.db'}"
-        out = run_alflow("run", str(spec), "--site", str(site), "--db", url, "-q", cwd=d)
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs.append(_selections(url, "cu_repro"))
-    assert all(runs[0]) and runs[0] == runs[1]

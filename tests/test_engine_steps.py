@@ -458,3 +458,24 @@ def test_validation_runs_beside_sampling_and_never_holds_it_up(tmp_path, sqlite_
         assert times["sample"][0] < times["validate"][1]  # sampling went out before validation ended
         stab = c.execute(sa.text("SELECT stability_time_fs FROM model_eval WHERE model_id IS NULL")).scalar()
         assert stab is not None  # and its result was still recorded, before the campaign finished
+
+
+def test_one_seed_gives_one_campaign_however_labelling_is_batched(tmp_path):
+    """Label ids follow the order in which oracle tasks finish; seeds and training batches
+    drawn from the labels must not, or rerunning a campaign (or changing only how its
+    oracle work is cut into tasks) samples and selects something else."""
+    runs = []
+    for batch in (1, 6):
+        d = tmp_path / f"batch{batch}"
+        d.mkdir()
+        url = f"sqlite:///{d / 'alflow.db'}"
+        new_campaign(d, url, "dw_repro", evaluation={"label_batch_size": batch},
+                     samplers=[{"kind": "random", "scale": 0.3, "seeds": 6, "recent_seed_fraction": 0.5}])
+        ctx, scheduler = inline(url, "dw_repro", workers=3)
+        run(ctx, scheduler)
+        with get_engine(url).connect() as c:
+            runs.append([sorted(c.execute(sa.text(
+                "SELECT g.content_hash FROM sample s JOIN sampling_run r ON r.id = s.sampling_run_id "
+                "JOIN geometry g ON g.id = s.geometry_id JOIN generation n ON n.id = r.generation_id "
+                "WHERE n.idx = :i AND s.selected AND r.kind <> 'initial'"), {"i": i}).scalars()) for i in range(2)])
+    assert all(runs[0]) and runs[0] == runs[1]
