@@ -59,9 +59,13 @@ def take(s: Session, select: sa.Select, *, limit: int | None = None, by_priority
     """Entries of `select` in order (sample order, or highest priority first), marked dispatched."""
     order = (Q.priority.desc().nulls_last(), Q.sample_id, Q.id) if by_priority else (Q.sample_id, Q.id)
     entries = list(s.scalars(select.order_by(*order).limit(limit)))
+    mark_dispatched(s, entries)
+    return entries
+
+
+def mark_dispatched(s: Session, entries: Sequence[m.QueueEntry]) -> None:
     if entries:
         s.execute(sa.update(Q).where(Q.id.in_([e.id for e in entries])).values(status="dispatched", updated_at=_now()))
-    return entries
 
 
 def release(s: Session, campaign_id: int) -> int:

@@ -1,7 +1,9 @@
 """Streaming scheduling: the oracle labels while models train, sample and validate.
 
-Generation 0 labels the starting geometries and trains as in generational scheduling. From
-then on several generations are under way at once, each walking the usual states:
+The starting geometries are the queue's first entries: generation 0 trains as soon as the
+whole held-out set and `retrain_every` others are labelled, while the oracle goes on with
+the rest (which its ensemble then re-scores). From then on several generations are under
+way at once, each walking the usual states:
 
 - the newest generation *collects*: it stays in LABEL while the oracle labels the label
   queue's most uncertain frames (`oracle_lookahead` tasks beyond the free oracle workers,
@@ -90,6 +92,21 @@ class Stream:
                                               GenState.SAMPLE, GenState.SELECT) for g in gens)
         return self.queued() == 0 and not selecting
 
+    def first_ready(self) -> bool:
+        """Generation 0 trains once the whole test set and `retrain_every` other starting
+        geometries are labelled (or no more are coming); the rest of the starting geometries
+        wait in the queue, to be re-scored by its ensemble."""
+        ctx = self.ctx
+        with ctx.Session() as s:
+            waiting = s.scalars(sa.select(m.Geometry).join(queue.Q, queue.Q.geometry_id == m.Geometry.id)
+                                .where(queue.Q.campaign_id == ctx.id, queue.Q.status.in_(queue.WAITING))).all()
+            if any(ctx.split(g) == "test" for g in waiting):
+                return False
+            fit = sum(ctx.split(g) != "test" for _, g in ctx.labels(s))
+        if fit >= ctx.spec.scheduling.retrain_every:
+            return True
+        return not waiting and not self.labels_in_flight()
+
     # ------------------------------------------------------------------ moves
     def stop(self, reason: str | None, gen: m.Generation) -> None:
         if reason and self.reason is None:
@@ -115,7 +132,10 @@ class Stream:
         state = GenState(gen.state)
         if state == GenState.DONE:
             return False
-        if state == GenState.LABEL and gen.idx > 0:
+        if state == GenState.LABEL and gen.idx == 0:
+            if not self.first_ready():
+                return False
+        elif state == GenState.LABEL:
             prev = next(g for g in gens if g.idx == gen.idx - 1)
             if GenState(prev.state) not in TRAINED:
                 return False
@@ -140,7 +160,7 @@ class Stream:
 
     def feed_oracle(self, gens: list[m.Generation]) -> None:
         """Keep the oracle's workers busy from the queue, within the budget."""
-        collecting = [g for g in gens if g.idx > 0 and GenState(g.state) == GenState.LABEL]
+        collecting = [g for g in gens if GenState(g.state) == GenState.LABEL]
         if not collecting or self.reason is not None:
             return
         capacity = self.scheduler.backend.capacity("oracle")

@@ -55,6 +55,20 @@ def intake(s: Session, ctx: CampaignContext, gen: m.Generation) -> sa.Select:
     return queue.waiting(ctx.id, generation_id=prev, initial=False)
 
 
+def next_in_line(s: Session, ctx: CampaignContext, limit: int | None) -> list[m.QueueEntry]:
+    """Streaming: the queued entries to label next, marked dispatched. Scored ones first,
+    most uncertain first; then the unscored starting geometries, held-out ones first (a
+    generation is evaluated only once its whole test set is labelled), in listed order."""
+    rows = s.execute(queue.waiting(ctx.id).where(queue.Q.status == "queued")
+                     .with_only_columns(queue.Q, m.Geometry)
+                     .join(m.Geometry, m.Geometry.id == queue.Q.geometry_id)).all()
+    rows.sort(key=lambda r: (r[0].priority is None, -(r[0].priority or 0.0),
+                             ctx.split(r[1]) != "test", r[0].sample_id or 0, r[0].id))
+    entries = [e for e, _ in rows[:limit]]
+    queue.mark_dispatched(s, entries)
+    return entries
+
+
 def _row(ctx: CampaignContext, kept: LabelledGeometry, task_id: int) -> dict:
     lab = kept.label
     return writers.label_row(
@@ -71,12 +85,12 @@ def _owned_task(s: Session, ctx: CampaignContext, task_id: int | None) -> bool:
 def plan(ctx: CampaignContext, gen: m.Generation, *, limit: int | None = None) -> list[WorkItem]:
     """Label work for the generation's intake (generational), or for up to `limit` of the
     most uncertain queued frames (streaming: `gen` is the generation collecting labels)."""
-    streaming = ctx.spec.scheduling.mode == "streaming" and gen.idx > 0
+    streaming = ctx.spec.scheduling.mode == "streaming"
     with ctx.Session.begin() as s:
-        select = queue.waiting(ctx.id) if streaming else intake(s, ctx, gen)
         if streaming:
-            select = select.where(queue.Q.status == "queued")
-        entries = queue.take(s, select, limit=limit, by_priority=streaming)
+            entries = next_in_line(s, ctx, limit)
+        else:
+            entries = queue.take(s, intake(s, ctx, gen), limit=limit)
         wanted = [e.geometry_id for e in entries]
         have = set(s.scalars(sa.select(m.Label.geometry_id).where(
             m.Label.method_id == ctx.method_id, m.Label.geometry_id.in_(wanted))))
