@@ -18,9 +18,8 @@ import sqlalchemy as sa
 from alflow.db import models as m
 from alflow.db import writers
 from alflow.db.session import session_factory
-from alflow.engine import queue
 from alflow.engine.context import CampaignContext, Progress
-from alflow.engine.runner import Runner, mark_lost
+from alflow.engine.runner import Runner, begin, finish_campaign, set_campaign, set_state
 from alflow.engine.scheduler import Limits, Scheduler, TaskLedger
 from alflow.engine.states import NEXT, GenState
 from alflow.engine.steps import STEPS, stop
@@ -58,49 +57,6 @@ def load_context(url: str, name: str, progress: Progress | None = None) -> Campa
                           progress=progress)
     ctx.emit(campaign=name)
     return ctx
-
-
-def _set_campaign(ctx: CampaignContext, **values) -> None:
-    with ctx.Session.begin() as s:
-        s.execute(sa.update(m.Campaign).where(m.Campaign.id == ctx.id).values(updated_at=_now(), **values))
-
-
-def begin(ctx: CampaignContext, runner: Runner, warm_roles: list[str] | None) -> str | None:
-    """Start (or resume) a run: the stop reason if the campaign has finished already."""
-    with ctx.Session() as s:
-        camp = s.get(m.Campaign, ctx.id)
-        if camp.status == "finished":
-            return camp.stop_reason or "finished"
-    lost = mark_lost(ctx)
-    if lost:
-        ctx.emit(message=f"{lost} task(s) from an interrupted run marked lost")
-    with ctx.Session.begin() as s:
-        queue.release(s, ctx.id)  # entries an earlier run took but did not label: take them again
-    _set_campaign(ctx, status="running")
-    with ctx.Session() as s:
-        ctx.emit(oracle_cpu_s=ctx.oracle_cpu_s(s))
-    if warm_roles:
-        runner.warm_up(warm_roles)
-    runner.catch_up_validations()
-    return None
-
-
-def finish_campaign(ctx: CampaignContext, runner: Runner, gen: m.Generation, reason: str) -> str:
-    """Record the stop reason once everything handed out has reported (validations, paid
-    oracle calls): nothing of a finished campaign is left running."""
-    ctx.emit(step="finishing", message=reason)
-    runner.drain()
-    with ctx.Session.begin() as s:
-        s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(stop_reason=reason))
-    _set_campaign(ctx, status="finished", stop_reason=reason)
-    ctx.emit(step="finished", message=reason)
-    return reason
-
-
-def set_state(ctx: CampaignContext, gen: m.Generation, state: GenState) -> None:
-    with ctx.Session.begin() as s:
-        s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(state=state.value))
-    gen.state = state.value
 
 
 def run(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None = None) -> str:
@@ -179,10 +135,10 @@ def run_campaign(name: str, url: str, *, site_name: str | None = None,
         return run(ctx, scheduler, warm_roles=list(site.executors))
     except KeyboardInterrupt:
         scheduler.cancel_all("interrupted (Ctrl-C)")
-        _set_campaign(ctx, status="stopped")
+        set_campaign(ctx, status="stopped")
         raise
     except BaseException as exc:
-        _set_campaign(ctx, status="failed", stop_reason=f"{type(exc).__name__}: {exc}"[:2000])
+        set_campaign(ctx, status="failed", stop_reason=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     finally:
         backend.shutdown()

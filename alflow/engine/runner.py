@@ -17,6 +17,7 @@ from types import ModuleType
 import sqlalchemy as sa
 
 from alflow.db import models as m
+from alflow.engine import queue
 from alflow.engine.context import CampaignContext
 from alflow.engine.results import WarmupRequest
 from alflow.engine.scheduler import Scheduler, WorkItem
@@ -120,6 +121,49 @@ class Runner:
                 s.expunge(g)
         for gen in gens:
             self.submit(gen, GenState.VALIDATE)
+
+
+def set_campaign(ctx: CampaignContext, **values) -> None:
+    with ctx.Session.begin() as s:
+        s.execute(sa.update(m.Campaign).where(m.Campaign.id == ctx.id).values(updated_at=_now(), **values))
+
+
+def begin(ctx: CampaignContext, runner: Runner, warm_roles: list[str] | None) -> str | None:
+    """Start (or resume) a run: the stop reason if the campaign has finished already."""
+    with ctx.Session() as s:
+        camp = s.get(m.Campaign, ctx.id)
+        if camp.status == "finished":
+            return camp.stop_reason or "finished"
+    lost = mark_lost(ctx)
+    if lost:
+        ctx.emit(message=f"{lost} task(s) from an interrupted run marked lost")
+    with ctx.Session.begin() as s:
+        queue.release(s, ctx.id)  # entries an earlier run took but did not label: take them again
+    set_campaign(ctx, status="running")
+    with ctx.Session() as s:
+        ctx.emit(oracle_cpu_s=ctx.oracle_cpu_s(s))
+    if warm_roles:
+        runner.warm_up(warm_roles)
+    runner.catch_up_validations()
+    return None
+
+
+def finish_campaign(ctx: CampaignContext, runner: Runner, gen: m.Generation, reason: str) -> str:
+    """Record the stop reason once everything handed out has reported (validations, paid
+    oracle calls): nothing of a finished campaign is left running."""
+    ctx.emit(step="finishing", message=reason)
+    runner.drain()
+    with ctx.Session.begin() as s:
+        s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(stop_reason=reason))
+    set_campaign(ctx, status="finished", stop_reason=reason)
+    ctx.emit(step="finished", message=reason)
+    return reason
+
+
+def set_state(ctx: CampaignContext, gen: m.Generation, state: GenState) -> None:
+    with ctx.Session.begin() as s:
+        s.execute(sa.update(m.Generation).where(m.Generation.id == gen.id).values(state=state.value))
+    gen.state = state.value
 
 
 def mark_lost(ctx: CampaignContext) -> int:

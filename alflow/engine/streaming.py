@@ -29,9 +29,8 @@ import sqlalchemy as sa
 
 from alflow.db import models as m
 from alflow.engine import queue
-from alflow.engine.campaign import begin, finish_campaign, set_state
 from alflow.engine.context import CampaignContext
-from alflow.engine.runner import Runner
+from alflow.engine.runner import Runner, begin, finish_campaign, set_state
 from alflow.engine.scheduler import Scheduler
 from alflow.engine.states import NEXT, GenState
 from alflow.engine.steps import STEPS, stop
