@@ -3,8 +3,9 @@
 An oracle whose cost dominates, as a real campaign's does: PySCF PBE/def2-SVP with density
 fitting (grid level 1), about 4-5 CPU-seconds a label here. The local site gives the oracle
 one worker pinned to core 0 and every ML role (train, sample, validate: one worker each)
-core 1, so both cores work only while stages overlap. Both modes get the same spec — 16
-starting geometries (4 held out), NN-MD + adversarial sampling, the same oracle budget —
+core 1, so both cores work only while stages overlap. Both modes get the same spec — 24
+starting geometries (~8 held out), NN-MD + adversarial sampling, 16 selections per
+generation, the same oracle budget (96 labels) —
 and differ only in `scheduling`. Per mode and seed: wall time, whole-campaign oracle
 utilisation (busy / allocated worker time, `alflow.utilisation`), oracle calls, held-out
 force MAE over time, and the time streaming needs to reach the generational run's final
@@ -58,12 +59,12 @@ def write_site(tmp: Path) -> Path:
 def edit(mode: str, seed: int, budget: int, per_generation: int, retrain_every: int):
     def apply(spec: dict) -> None:
         spec["seed"] = seed
-        spec["initial_geometries"][0]["index"] = ":16"
+        spec["initial_geometries"][0]["index"] = ":24"
         spec["oracle"] = dict(ORACLE)
         spec["training"].update(max_epochs=80, patience=20)
         spec["selection"]["max_per_generation"] = per_generation
         spec["stopping"] = {"max_generations": 50, "oracle_budget": budget, "max_failed_fraction": 0.5}
-        spec["evaluation"] = {"test_fraction": 0.25, "label_batch_size": 1}
+        spec["evaluation"] = {"test_fraction": 0.33, "label_batch_size": 1}
         spec["validation"].update(steps=1000)
         spec["scheduling"] = {"mode": mode, "retrain_every": retrain_every, "oracle_lookahead": 1}
     return apply
@@ -103,7 +104,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     ap.add_argument("--budget", type=int, default=96)
     ap.add_argument("--per-generation", type=int, default=16)
-    ap.add_argument("--retrain-every", type=int, default=16)
+    ap.add_argument("--retrain-every", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None, help="keep databases and reports here")
     args = ap.parse_args()
     keep = args.out
@@ -134,8 +135,14 @@ def main() -> int:
         target = gen["curve"][-1][1]
         reach = next((t for t, mae, _ in st["curve"] if mae <= target), None)
         ratio = (reach if reach is not None else st["wall_s"] * 10) / gen["wall_s"]
+        # the stricter reading, where held-out errors go up and down: the generational best
+        best = min(mae for _, mae, _ in gen["curve"])
+        t_best = next(t for t, mae, _ in gen["curve"] if mae == best)
+        reach_best = next((t for t, mae, _ in st["curve"] if mae <= best), None)
         print(f"seed {seed}: generational final MAE {target:.4f} eV/Å at {gen['wall_s']:.0f} s; streaming "
-              f"reaches it at {'never' if reach is None else f'{reach:.0f} s'} -> ratio {ratio:.2f}", flush=True)
+              f"reaches it at {'never' if reach is None else f'{reach:.0f} s'} -> ratio {ratio:.2f}; "
+              f"generational best {best:.4f} at {t_best:.0f} s, streaming reaches it at "
+              f"{'never' if reach_best is None else f'{reach_best:.0f} s'}", flush=True)
         ratios.append(ratio)
         utils.append(st["oracle_util"])
         gen_walls.append(gen["wall_s"])
