@@ -422,6 +422,11 @@ def test_streaming_campaign_labels_from_the_queue_while_models_train(tmp_path, d
                  "OR label_id IS NULL)")[0][0] == 0
         calls = q("SELECT COUNT(*) FROM label")[0][0]
         assert calls <= 30  # the budget was never exceeded, in-flight work included
+        # one frozen training set per generation, the one its members trained on, though labels
+        # kept arriving while they trained (evaluation reads that set, not the labels of now)
+        assert q("SELECT generation_id FROM training_set GROUP BY generation_id HAVING COUNT(*) > 1") == []
+        assert q("SELECT COUNT(*) FROM model mo JOIN training_set ts ON ts.id = mo.training_set_id "
+                 "WHERE ts.generation_id <> mo.generation_id")[0][0] == 0
         # each generation trained on a frozen set that grew by at least retrain_every labels
         sizes = [r[0] for r in q("SELECT n_train + n_val + n_test FROM training_set ts JOIN generation g "
                                  "ON g.id = ts.generation_id ORDER BY g.idx")]

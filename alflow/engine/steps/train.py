@@ -40,23 +40,32 @@ def _frames(ctx: CampaignContext, rows: list[tuple[m.Label, m.Geometry]]) -> Fra
 
 
 def training_set(ctx: CampaignContext, gen: m.Generation) -> tuple[int, Path, Path, int]:
-    """(training set id, train+val file, test file, number of test frames): recorded once,
-    files rewritten from the database whenever asked (they are derived data)."""
+    """(training set id, train+val file, test file, number of test frames).
+
+    Frozen on first use: a generation has one training set, made from the labels there are
+    when its training is first planned, and every later call (evaluate, a resumed or retried
+    member) gets that same set even if labels have arrived since (they do, in streaming
+    mode). The files are rewritten from the database whenever asked (derived data)."""
     with ctx.Session.begin() as s:
         rows = ctx.labels(s)
-        splits = [ctx.split(geo) for _, geo in rows]
-        members = sorted((lab.id, sp) for (lab, _), sp in zip(rows, splits, strict=True))
-        sha = key("training_set", members)
-        ts = s.scalars(sa.select(m.TrainingSet).where(
-            m.TrainingSet.generation_id == gen.id, m.TrainingSet.sha256 == sha)).first()
+        ts = s.scalars(sa.select(m.TrainingSet).where(m.TrainingSet.generation_id == gen.id)
+                       .order_by(m.TrainingSet.id)).first()
         if ts is None:
-            ts = m.TrainingSet(campaign_id=ctx.id, generation_id=gen.id, sha256=sha,
+            splits = [ctx.split(geo) for _, geo in rows]
+            members = sorted((lab.id, sp) for (lab, _), sp in zip(rows, splits, strict=True))
+            ts = m.TrainingSet(campaign_id=ctx.id, generation_id=gen.id,
+                               sha256=key("training_set", members),
                                n_train=splits.count("train"), n_val=splits.count("val"),
                                n_test=splits.count("test"))
             s.add(ts)
             s.flush()
             s.execute(sa.insert(m.TrainingSetLabel), [
                 {"training_set_id": ts.id, "label_id": lab_id, "split": sp} for lab_id, sp in members])
+        else:
+            frozen = dict(s.execute(sa.select(m.TrainingSetLabel.label_id, m.TrainingSetLabel.split)
+                                    .where(m.TrainingSetLabel.training_set_id == ts.id)).all())
+            rows = [r for r in rows if r[0].id in frozen]
+            splits = [frozen[lab.id] for lab, _ in rows]
         fit = [r for r, sp in zip(rows, splits, strict=True) if sp != "test"]
         test = [r for r, sp in zip(rows, splits, strict=True) if sp == "test"]
         if not fit:
