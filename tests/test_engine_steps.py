@@ -140,8 +140,8 @@ def test_percentile_thresholds_resolve_without_a_test_set_and_are_stored_as_numb
     assert gen.n_accurate + gen.n_candidate + gen.n_failed == 6
 
 
-def test_failure_gate_stops_the_campaign_after_labelling(tmp_path, sqlite_url):
-    spec = yaml.safe_load(double_well_spec(tmp_path, "cu_gate").read_text())
+def _all_labels_fail(tmp_path, url, name: str, stop_on_failed: bool):
+    spec = yaml.safe_load(double_well_spec(tmp_path, name).read_text())
     from engine_helpers import cu_geometries
 
     cu_geometries(tmp_path / "cu.extxyz", n=6)
@@ -150,18 +150,34 @@ def test_failure_gate_stops_the_campaign_after_labelling(tmp_path, sqlite_url):
                         "settings": {"fail_fraction": 0.99}},
                 model={"representation": "painn", "n_atom_basis": 8, "n_interactions": 1, "n_rbf": 8,
                        "cutoff": 4.0, "ensemble_size": 2},
-                stopping={"max_failed_fraction": 0.5, "stop_on_failed_generation": True})
+                stopping={"max_failed_fraction": 0.5, "stop_on_failed_generation": stop_on_failed})
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(spec))
-    upgrade(sqlite_url)
-    create_campaign(load_spec(path), sqlite_url, site="inline", workdir=tmp_path / "gate")
-    ctx, scheduler = inline(sqlite_url, "cu_gate")
+    upgrade(url)
+    create_campaign(load_spec(path), url, site="inline", workdir=tmp_path / "gate")
+    return inline(url, name)
+
+
+def test_failure_gate_stops_the_campaign_after_labelling(tmp_path, sqlite_url):
+    ctx, scheduler = _all_labels_fail(tmp_path, sqlite_url, "cu_gate", stop_on_failed=True)
     reason = run(ctx, scheduler)
     assert reason.startswith("generation 0 failed: 100% of labels failed")
     with ctx.Session() as s:
         gen = ctx.latest_generation(s)
         assert gen.failed and gen.label_failed_fraction == 1.0 and gen.stop_reason == reason
         assert s.scalar(sa.select(sa.func.count()).select_from(m.Model)) == 0  # never trained
+
+
+def test_a_generation_with_nothing_to_train_on_fails_the_campaign_with_that_reason(tmp_path, sqlite_url):
+    """Every label failed and the gate only reports: the campaign ends `failed`, saying why,
+    and records no empty training set (it once crashed inserting one)."""
+    ctx, scheduler = _all_labels_fail(tmp_path, sqlite_url, "cu_empty", stop_on_failed=False)
+    with pytest.raises(Exception, match="no successful labels to train on"):
+        run(ctx, scheduler)
+    with ctx.Session() as s:
+        camp = s.scalars(sa.select(m.Campaign)).one()
+        assert camp.status == "failed" and "no successful labels to train on" in camp.stop_reason
+        assert s.scalar(sa.select(sa.func.count()).select_from(m.TrainingSet)) == 0
 
 
 def test_stop_rules():

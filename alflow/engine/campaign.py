@@ -60,12 +60,26 @@ def load_context(url: str, name: str, progress: Progress | None = None) -> Campa
 
 
 def run(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None = None) -> str:
-    """Generational scheduling: each step of each generation in turn until a stop rule
-    fires; returns the stop reason. Validation is handed out and not waited for."""
-    if ctx.spec.scheduling.mode == "streaming":
-        from alflow.engine.streaming import run_streaming
+    """Run the campaign in its scheduling mode until a stop rule fires; returns the stop
+    reason. Whatever backend runs it, a campaign is never left `running`: `stopped` on
+    Ctrl-C, `failed` with the reason on any other error."""
+    try:
+        if ctx.spec.scheduling.mode == "streaming":
+            from alflow.engine.streaming import run_streaming
 
-        return run_streaming(ctx, scheduler, warm_roles)
+            return run_streaming(ctx, scheduler, warm_roles)
+        return _run_generational(ctx, scheduler, warm_roles)
+    except KeyboardInterrupt:
+        scheduler.cancel_all("interrupted (Ctrl-C)")
+        set_campaign(ctx, status="stopped")
+        raise
+    except BaseException as exc:
+        set_campaign(ctx, status="failed", stop_reason=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def _run_generational(ctx: CampaignContext, scheduler: Scheduler, warm_roles: list[str] | None) -> str:
+    """Each step of each generation in turn; validation is handed out and not waited for."""
     runner = Runner(ctx, scheduler)
     done = begin(ctx, runner, warm_roles)
     if done is not None:
@@ -131,14 +145,11 @@ def run_campaign(name: str, url: str, *, site_name: str | None = None,
     scheduler = Scheduler(backend, TaskLedger(ctx.Session, ctx.id, ctx.site_name, registry.record.run_id),
                           ctx.run_dir, limits_for(site, ctx.spec))
     try:
-        backend.start()
+        try:
+            backend.start()
+        except BaseException as exc:
+            set_campaign(ctx, status="failed", stop_reason=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
         return run(ctx, scheduler, warm_roles=list(site.executors))
-    except KeyboardInterrupt:
-        scheduler.cancel_all("interrupted (Ctrl-C)")
-        set_campaign(ctx, status="stopped")
-        raise
-    except BaseException as exc:
-        set_campaign(ctx, status="failed", stop_reason=f"{type(exc).__name__}: {exc}"[:2000])
-        raise
     finally:
         backend.shutdown()

@@ -52,6 +52,9 @@ def training_set(ctx: CampaignContext, gen: m.Generation) -> tuple[int, Path, Pa
                        .order_by(m.TrainingSet.id)).first()
         if ts is None:
             splits = [ctx.split(geo) for _, geo in rows]
+            if all(sp == "test" for sp in splits):
+                raise InputError("no successful labels to train on (every label failed or was held out)",
+                                 source=f"campaign {ctx.name}")
             members = sorted((lab.id, sp) for (lab, _), sp in zip(rows, splits, strict=True))
             ts = m.TrainingSet(campaign_id=ctx.id, generation_id=gen.id,
                                sha256=key("training_set", members),
