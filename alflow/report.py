@@ -840,8 +840,14 @@ def fig_timeline(data: Data, util: dict[str, Any]) -> Fig | None:
             handles.append(Patch(facecolor="white", edgecolor="#c0392b", label="failed"))
         handles.append(Patch(color="#0072b2", alpha=0.15, label="labelling window"))
         fig.legend(handles=handles, loc="outside right upper", frameon=False, title="task kind")
+        from alflow.utilisation import utilisation_of
+
+        oracle = utilisation_of(data.tasks)["roles"].get("oracle")
+        whole = None if oracle is None else oracle.utilisation
         u = util.get("utilisation")
-        util_txt = f"; oracle utilisation {u:.0%} of {util['n_oracle_workers']} worker(s)" if u is not None else ""
+        util_txt = "" if whole is None else f"; oracle busy {whole:.0%} of the whole campaign"
+        if u is not None:
+            util_txt += f" ({u:.0%} within labelling windows)"
         ax.set_title(f"Tasks per executor{util_txt}", pad=14)
         png = _png(fig)
     return Fig("timeline", "Task timeline",
