@@ -131,12 +131,13 @@ def main() -> None:
         frame = water_box(reps)
         n = len(frame)
         pairs = len(ens.graph([frame]).idx_i)
-        _, t_pred, w_pred, m_pred = measured(lambda: ens.predict([frame]))
-        _, t_md, w_md, m_md = measured(lambda: run_md(ens, [frame] * args.walkers, md, rng_seed=0))
-        scores, t_att, w_att, m_att = measured(lambda: attribute(ens, frame))
+        _, t_pred, w_pred, m_pred = measured(lambda f=frame: ens.predict([f]))
+        _, t_md, w_md, m_md = measured(
+            lambda f=frame: run_md(ens, [f] * args.walkers, md, rng_seed=0))
+        scores, t_att, w_att, m_att = measured(lambda f=frame: attribute(ens, f))
         centres = [int(i) for i in uncertain_atoms(scores)]
         res, t_carve, w_carve, m_carve = measured(
-            lambda: carve_clusters(frame, centres, args.radius, dedupe_tol=None))
+            lambda f=frame, c=centres: carve_clusters(f, c, args.radius, dedupe_tol=None))
         load = (w_pred + w_md + w_att + w_carve) / (t_pred + t_md + t_att + t_carve)
         per_centre = 1e3 * t_carve / max(len(centres), 1)
         rows.append((n, t_pred, t_md, t_att, t_carve, per_centre))
