@@ -105,7 +105,11 @@ def main() -> None:
     ap.add_argument("--radius", type=float, default=5.0)
     ap.add_argument("--fit-from", type=int, default=1000, help="fit the slope over sizes ≥ this")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refit", metavar="LOG", help="only fit: read the table a previous run of "
+                    "this script printed to LOG (e.g. one stopped before its largest size)")
     args = ap.parse_args()
+    if args.refit:
+        return report(parse_rows(Path(args.refit).read_text()), args.fit_from)
     torch.set_num_threads(args.threads)
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
 
@@ -146,8 +150,24 @@ def main() -> None:
                         ((t_pred, m_pred), (t_md, m_md), (t_att, m_att), (t_carve, m_carve)))
               + f"{len(centres):>9}{per_centre:>11.1f}{load:>10.2f}", flush=True)
 
+    report(rows, args.fit_from)
+
+
+def parse_rows(text: str) -> list[tuple[float, ...]]:
+    """(atoms, predict, md, attrib, carve, ms/centre) from the table main() prints."""
+    rows = []
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) == 13 and cols[0].isdigit():
+            rows.append(tuple(float(cols[k]) for k in (0, 2, 4, 6, 8, 11)))
+    if not rows:
+        raise SystemExit("no table rows found in the log")
+    return rows
+
+
+def report(rows, fit_from: int) -> None:
     arr = np.array(rows)
-    fit = arr[:, 0] >= args.fit_from
+    fit = arr[:, 0] >= fit_from
     if fit.sum() < 3:
         fit[:] = True
     n_fit = arr[fit, 0]
