@@ -126,9 +126,17 @@ class Strategy:
                                 patience=1000, val_fraction=0.1, warm_start=False)
         paths = []
         for m in range(a.members):
-            res = train_member(self.atoms, self.energies, self.forces, None, model, training,
-                               seed=1000 * self.seed + 10 * gen + m,
-                               workdir=self.workdir / f"{self.name}-g{gen}-m{m}", export=False)
+            kwargs = dict(seed=1000 * self.seed + 10 * gen + m,
+                          workdir=self.workdir / f"{self.name}-g{gen}-m{m}", export=False)
+            try:
+                res = train_member(self.atoms, self.energies, self.forces, None, model, training,
+                                   **kwargs)
+            except ValueError as exc:  # one whole frame that the split puts in validation
+                if "validation split" not in str(exc):
+                    raise
+                low = training.model_copy(update={"val_fraction": 1e-6})
+                res = train_member(self.atoms, self.energies, self.forces, None, model, low,
+                                   **kwargs)
             paths.append(res.checkpoint)
         return Ensemble.load(paths, device="cpu")
 
@@ -186,7 +194,12 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=40)
     ap.add_argument("--val-steps", type=int, default=100)
     ap.add_argument("--bond-guard", type=float, default=1.0)
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--summarise", nargs="+", metavar="LOG",
+                    help="only summarise: the per-generation lines earlier runs printed")
     args = ap.parse_args()
+    if args.summarise:
+        return summarise(parse_logs(args.summarise))
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"# Cu 4x4x4 fcc with a vacancy (255 atoms), EMT, {args.temperature:g} K; M={args.members} "
@@ -199,7 +212,7 @@ def main() -> None:
         tmp = Path(tmp)
         for seed in seeds:
             start, held, held_labels = make_bulk(args.temperature, seed)
-            for name in STRATEGIES:
+            for name in args.strategies.split(","):
                 st = Strategy(name, args, seed, tmp / f"s{seed}")
                 st.initial(start)
                 rows = []
@@ -215,12 +228,40 @@ def main() -> None:
                     if gen < args.generations - 1:
                         st.acquire(ens, st.sample(ens, start, gen))
                 results[name][seed] = rows
+    summarise(results)
+
+
+def parse_logs(paths) -> dict:
+    """strategy -> seed -> per-generation rows, from the lines main() prints."""
+    import re
+
+    pat = re.compile(r"seed (\d+) (\w+)\s+gen (\d+): labels\s+(\d+) atoms\s+(\d+) cost\s+(\S+) "
+                     r"bulk force MAE (\S+) eV/Å stability\s+(\S+) fs h\(r\) err (\S+)")
+    results = {s: {} for s in STRATEGIES}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = pat.match(line)
+            if m:
+                seed, name, gen = int(m[1]), m[2], int(m[3])
+                rows = results[name].setdefault(seed, [])
+                rows[gen:] = [{"gen": gen, "labels": int(m[4]), "atoms": int(m[5]),
+                               "cost": float(m[6]), "mae": float(m[7]),
+                               "stability_fs": float(m[8]), "hr": float(m[9])}]
+    return results
+
+
+def summarise(results: dict) -> None:
+    seeds = sorted(set.intersection(*(set(results[n]) for n in STRATEGIES)))
+    complete = [s for s in seeds
+                if len({len(results[n][s]) for n in STRATEGIES}) == 1]
+    seeds = complete
+    generations = len(results["whole"][seeds[0]])
 
     print(f"\n# per generation, mean ± standard error over {len(seeds)} seeds")
     print(f"{'strategy':<9}{'gen':>4}{'labels':>8}{'atoms':>8}{'cost Σn³':>12}  "
           f"{'bulk force MAE':<20}{'stability fs':<20}{'h(r) error':<20}")
     for name in STRATEGIES:
-        for gen in range(args.generations):
+        for gen in range(generations):
             rows = [results[name][s][gen] for s in seeds]
             print(f"{name:<9}{gen:>4}{np.mean([r['labels'] for r in rows]):>8.0f}"
                   f"{np.mean([r['atoms'] for r in rows]):>8.0f}{np.mean([r['cost'] for r in rows]):>12.3e}  "
