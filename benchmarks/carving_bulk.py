@@ -255,6 +255,9 @@ def summarise(results: dict) -> None:
     complete = [s for s in seeds
                 if len({len(results[n][s]) for n in STRATEGIES}) == 1]
     seeds = complete
+    if not seeds:
+        print("# no seed has every strategy: combine logs with --summarise LOG LOG ...")
+        return
     generations = len(results["whole"][seeds[0]])
 
     print(f"\n# per generation, mean ± standard error over {len(seeds)} seeds")
