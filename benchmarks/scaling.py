@@ -28,6 +28,16 @@ the slope). Ends with
 `TARGET scaling_exponent_attribution <slope> 1.15 PASS|MISS` (PASS iff slope ≤ 1.15).
 
     python benchmarks/scaling.py [--sizes 1x1x1,2x2x1,...] [--walkers 2]
+
+Measured (shared 2-core machine, 4 agents, wall/CPU 3-7, 2026-12-02): up to 5184 atoms; the
+run was stopped before 9216 (MD of two 9216-atom walkers in one batch needs ~9.6 GB by the
+measured 1.04 MiB/atom, more than the machine had free) and fitted with --refit. Slopes over
+1536..5184 atoms: predict 1.09, MD 1.38, attribution 1.41 (MISS both). Profiles show every
+op on linear shapes (pair tensors (P, 3, F)); no quadratic step was found: the cost per
+pair grows as the per-member working set (GBs) leaves cache and competes for memory
+bandwidth. Peak RSS per atom: predict 0.57, attribution 0.91 MiB (one member's second-order
+graph at a time; all members at once was 1.6x more), so a 10,000-atom PaiNN-64x3
+attribution needs ~9 GB: not yet under 8 GB.
 """
 
 from __future__ import annotations
