@@ -22,6 +22,8 @@ Figures (each is skipped, with a sentence on the page saying why, when its data 
 - `buckets.png`: accurate / candidate / failed counts per generation, and the selected;
 - `oracle_cost.png`: oracle calls (ok / failed), CPU and wall time, and failure classes
   per generation;
+- `carving.png` (carving campaigns only): sizes of the labelled carved clusters and the
+  oracle spend per generation weighted as Σ n_atoms³ (carved clusters vs other structures);
 - `timeline.png`: every timed task, one band per executor (lanes within a band show
   concurrent tasks), coloured by kind, with the labelling windows shaded.
 
@@ -52,6 +54,7 @@ from alflow.errors import InputError
 HTML_NAME = "report.html"
 FIGURE_NAMES = ("learning_curves", "parity", "parity_all", "sigma_distribution", "buckets",
                 "oracle_cost", "timeline")
+OPTIONAL_FIGURE_NAMES = ("carving",)  # only for campaigns that labelled carved clusters
 DPI = 110
 
 BUCKET_COLOURS = {"accurate": "#4c9a2a", "candidate": "#e69f00", "failed": "#c0392b",
@@ -78,6 +81,8 @@ class Data:
     next_sigma: dict[tuple[int, int], float]
     labelled_ok: set[int]
     tasks: list[dict[str, Any]]
+    # every oracle call of the campaign: generation, natoms, status, carved (a cluster)
+    oracle_calls: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
 
@@ -172,6 +177,14 @@ def _load(url: str | None, name: str) -> Data:
         labelled_ok = set(conn.execute(sa.select(m.Label.geometry_id).join(m.Task, m.Task.id == m.Label.task_id)
                                        .where(m.Task.campaign_id == cid, m.Label.status == "ok")).scalars())
 
+        # oracle calls with the size of what was labelled, and whether it was a carved cluster
+        carved = sa.exists().where(edge.child_id == m.Label.geometry_id, edge.relation == "carved")
+        oracle_calls = [dict(r) for r in conn.execute(sa.select(
+            g.idx.label("generation"), m.Geometry.natoms, m.Label.status, carved.label("carved"))
+            .select_from(m.Label).join(m.Task, m.Task.id == m.Label.task_id)
+            .join(g, g.id == m.Task.generation_id).join(m.Geometry, m.Geometry.id == m.Label.geometry_id)
+            .where(g.campaign_id == cid).order_by(m.Label.id)).mappings()]
+
         t = m.Task
         tasks = [dict(r) for r in conn.execute(sa.select(
             t.id, t.kind, t.executor, t.status, t.submitted_at, t.started_at, t.finished_at,
@@ -183,7 +196,7 @@ def _load(url: str | None, name: str) -> Data:
     for k in ("created_at", "updated_at"):
         camp[k] = _utc(camp[k])
     return Data(camp, generations, errors, cost, dict(failures), evals, samples, next_sigma,
-                labelled_ok, tasks)
+                labelled_ok, tasks, oracle_calls)
 
 
 # ==================================================================== utilisation
@@ -741,6 +754,88 @@ def fig_oracle_cost(data: Data) -> Fig | None:
                "calls by error class.", png)
 
 
+def carving_summary(calls: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per generation: sizes of the carved clusters labelled ok, and the oracle spend of all
+    calls (ok and failed) as counts, atoms and cost Σ n_atoms³ (how the DFT codes users pay
+    for scale), split into carved clusters and everything else."""
+    out: dict[int, dict[str, Any]] = {}
+    for c in calls:
+        row = out.setdefault(int(c["generation"]), {
+            "sizes": [], "n_carved": 0, "n_other": 0, "atoms_carved": 0, "atoms_other": 0,
+            "cost_carved": 0.0, "cost_other": 0.0})
+        n, kind = int(c["natoms"]), "carved" if c["carved"] else "other"
+        row[f"n_{kind}"] += 1
+        row[f"atoms_{kind}"] += n
+        row[f"cost_{kind}"] += float(n) ** 3
+        if c["carved"] and c["status"] == "ok":
+            row["sizes"].append(n)
+    return dict(sorted(out.items()))
+
+
+def fig_carving(data: Data) -> Fig | None:
+    summary = carving_summary(data.oracle_calls)
+    if not any(r["n_carved"] for r in summary.values()):
+        data.notes["carving"].append("No carved cluster was labelled: not a carving campaign "
+                                     "(or none has reached labelling yet).")
+        return None
+    gens = list(summary)
+    x = np.array(gens, dtype=float)
+    with _rc():
+        fig = _figure(max(9.0, 1.2 * len(gens) + 6.0), 3.6)
+        ax1, ax2 = fig.subplots(1, 2)
+        sizes = [summary[g]["sizes"] for g in gens]
+        have = [k for k, s in enumerate(sizes) if s]
+        ax1.boxplot([sizes[k] for k in have], positions=x[have], widths=0.5, showfliers=False,
+                    medianprops={"color": "#d55e00"})
+        rng = np.random.default_rng(0)
+        for k in have:
+            ax1.scatter(x[k] + rng.uniform(-0.18, 0.18, len(sizes[k])), sizes[k], s=8,
+                        color="#0072b2", alpha=0.6, zorder=3)
+            ax1.annotate(f"n={len(sizes[k])}", (x[k], max(sizes[k])), ha="center", va="bottom",
+                         fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax1.set_title("labelled carved clusters")
+        ax1.set_ylabel("atoms per cluster")
+        carved = np.array([summary[g]["cost_carved"] for g in gens])
+        other = np.array([summary[g]["cost_other"] for g in gens])
+        ax2.bar(x, carved, 0.6, color="#0072b2", label="carved clusters")
+        bars = ax2.bar(x, other, 0.6, bottom=carved, color="#999999", label="other structures")
+        labels = [f"{summary[g]['n_carved'] + summary[g]['n_other']} labels\n"
+                  f"{summary[g]['atoms_carved'] + summary[g]['atoms_other']} atoms" for g in gens]
+        ax2.bar_label(bars, labels=labels, fontsize=6, padding=1)
+        ax2.set_ylim(0, max((carved + other).max(), 1.0) * 1.3)
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        ax2.set_title("oracle spend, cost = Σ n_atoms³")
+        ax2.set_ylabel("Σ n_atoms³")
+        ax2.legend(frameon=False, fontsize=7, loc="upper left")
+        for ax in (ax1, ax2):
+            ax.set_xlim(x.min() - 0.9, x.max() + 0.9)
+            ax.set_xticks(x, [str(g) for g in gens])
+            ax.set_xlabel("generation")
+        png = _png(fig)
+    return Fig("carving", "Carved clusters and cost-weighted oracle spend",
+               "Left: sizes (atoms, H caps included) of the carved clusters each generation "
+               "labelled successfully. Right: the oracle spend of each generation's calls (ok and "
+               "failed) weighted as Σ n_atoms³, carved clusters and other structures stacked, "
+               "with plain label and atom counts.", png)
+
+
+def _carving_table(data: Data) -> str:
+    summary = carving_summary(data.oracle_calls)
+    if not any(r["n_carved"] for r in summary.values()):
+        return ""
+    head = ["gen", "carved labels", "median atoms", "max atoms", "other labels", "atoms (all)",
+            "Σ n³ carved", "Σ n³ other"]
+    rows = []
+    for g, r in summary.items():
+        med = f"{np.median(r['sizes']):.0f}" if r["sizes"] else "–"
+        top = str(max(r["sizes"])) if r["sizes"] else "–"
+        rows.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in (
+            g, r["n_carved"], med, top, r["n_other"], r["atoms_carved"] + r["atoms_other"],
+            f"{r['cost_carved']:.3g}", f"{r['cost_other']:.3g}")) + "</tr>")
+    return ('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
 def _lanes(intervals: list[tuple[float, float]]) -> list[int]:
     """Greedy interval colouring: the lane of each interval (input sorted by start)."""
     ends: list[float] = []
@@ -1010,6 +1105,7 @@ def _page(data: Data, figs: dict[str, Fig], util: dict[str, Any], missing: list[
         ("Sampling: σ_F before and after", ["sigma_distribution"]),
         ("Selection", ["buckets"]),
         ("Oracle cost", ["oracle_cost"]),
+        ("Carving (condensed phase)", ["carving"]),
         ("Tasks and oracle utilisation", ["timeline"]),
     ]
     for title, names in sections:
@@ -1018,6 +1114,8 @@ def _page(data: Data, figs: dict[str, Fig], util: dict[str, Any], missing: list[
             parts.append(_notes_html(data.notes.get(name, [])))
             if name in figs:
                 parts.append(_figure_html(figs[name]))
+        if names == ["carving"]:
+            parts.append(_carving_table(data))
         if names == ["timeline"]:
             parts.append(_whole_campaign_html(data.tasks))
             parts.append(_utilisation_html(util))
@@ -1042,13 +1140,13 @@ def write_report(url: str | None, campaign: str, out_dir: Path | str) -> Path:
                        "σ_F distributions and bucket counts need at least one finished generation; "
                        "what exists so far is shown below.")
     builders = [fig_learning_curves, fig_parity, fig_parity_all, fig_sigma_distribution, fig_buckets,
-                fig_oracle_cost, lambda d: fig_timeline(d, util)]
+                fig_oracle_cost, fig_carving, lambda d: fig_timeline(d, util)]
     figs: dict[str, Fig] = {}
     for build in builders:
         fig = build(data)
         if fig is not None:
             figs[fig.name] = fig
-    for name in FIGURE_NAMES:  # never leave a stale figure from an earlier report beside this one
+    for name in FIGURE_NAMES + OPTIONAL_FIGURE_NAMES:  # never leave a stale figure from an earlier report beside this one
         path = out / f"{name}.png"
         if name in figs:
             path.write_bytes(figs[name].png)

@@ -287,3 +287,71 @@ def test_page_renders_in_headless_chromium(sqlite_url, tmp_path):
     with Image.open(shot) as im:
         colours = im.convert("RGB").resize((64, 150)).getcolors(maxcolors=100_000)
     assert colours is not None and len(colours) > 50, "the screenshot is (nearly) blank"
+
+
+# ------------------------------------------------------------------ carving campaigns
+def test_carving_campaign_report_shows_cluster_sizes_and_cost_weighted_spend(tmp_path, sqlite_url):
+    """A real carving campaign (periodic Cu box, EMT on the carved clusters, in-process
+    backend): the report's carving figure and table agree with the database."""
+    import yaml
+    from ase.build import bulk
+    from ase.io import write
+
+    from alflow.db.session import upgrade
+    from alflow.engine.backends import InlineBackend
+    from alflow.engine.campaign import load_context, run
+    from alflow.engine.create import create_campaign
+    from alflow.engine.scheduler import Limits, Scheduler, TaskLedger
+    from alflow.report import carving_summary
+    from alflow.spec import load_spec
+    from engine_helpers import write_spec
+
+    box = bulk("Cu", "fcc", a=3.6, cubic=True) * (3, 3, 3)  # 108 atoms, 10.8 Å
+    box.rattle(0.05, seed=1)
+    write(tmp_path / "box.extxyz", box)
+    spec = yaml.safe_load(write_spec(tmp_path, "cu_carve_report", max_epochs=10).read_text())
+    spec["initial_geometries"] = [{"path": str(tmp_path / "box.extxyz")}]
+    spec["samplers"] = [{"kind": "md", "temperature_K": 600, "timestep_fs": 2.0, "steps": 10,
+                         "walkers": 1, "save_every": 5}]
+    spec["carving"] = {"enabled": True, "initial_centres": 3, "z_score": 1.0}
+    spec["validation"] = {"enabled": False}
+    spec["evaluation"]["test_fraction"] = 0.25
+    path = tmp_path / "carve.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    upgrade(sqlite_url)
+    create_campaign(load_spec(path), sqlite_url, site="inline", workdir=tmp_path / "run")
+    ctx = load_context(sqlite_url, "cu_carve_report")
+    limits = Limits(time_limit_s={"oracle": 120, "train": 300, "sample": 300}, retries=1,
+                    stall_s=60, poll_s=0.05)
+    backend = InlineBackend({"oracle": 2, "train": 2, "sample": 1})
+    run(ctx, Scheduler(backend, TaskLedger(ctx.Session, ctx.id, "inline"), ctx.run_dir, limits))
+
+    out = tmp_path / "report"
+    page = write_report(sqlite_url, "cu_carve_report", out).read_text(encoding="utf-8")
+    figures = embedded(page)
+    assert "carving" in figures and figures["carving"] == (out / "carving.png").read_bytes()
+    width, height = png_size(figures["carving"])
+    assert width >= 600 and height >= 250 and len(figures["carving"]) > 10_000
+
+    # the figure's numbers against the database, computed here independently
+    with get_engine(sqlite_url).connect() as c:
+        rows = c.execute(sa.text("""
+            SELECT g.idx, geo.natoms, l.status,
+                   EXISTS (SELECT 1 FROM geometry_edge e WHERE e.child_id = geo.id
+                           AND e.relation = 'carved') AS carved
+            FROM label l JOIN task t ON t.id = l.task_id JOIN generation g ON g.id = t.generation_id
+            JOIN geometry geo ON geo.id = l.geometry_id""")).all()
+    assert rows and all(carved for *_, carved in rows)  # a periodic frame is never labelled
+    summary = carving_summary([{"generation": g, "natoms": n, "status": s, "carved": bool(k)}
+                               for g, n, s, k in rows])
+    assert len(summary) >= 2  # initial clusters and clusters carved from generation 0's MD
+    for gen in summary:
+        mine = [(n, s) for g, n, s, _ in rows if g == gen]
+        assert summary[gen]["cost_carved"] == sum(float(n) ** 3 for n, _ in mine)
+        assert summary[gen]["n_carved"] == len(mine) and summary[gen]["cost_other"] == 0
+        assert sorted(summary[gen]["sizes"]) == sorted(n for n, s in mine if s == "ok")
+        assert all(1 < n < 108 for n, _ in mine)
+    table = page.split("<h2>Carving (condensed phase)</h2>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr><td>") == len(summary)
+    first = summary[min(summary)]
+    assert f"{first['cost_carved']:.3g}" in table

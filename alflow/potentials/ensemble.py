@@ -309,6 +309,41 @@ class Ensemble:
             out["stress"] = torch.where(periodic[None, :, None, None], s, torch.full_like(s, float("nan")))
         return out
 
+    def variance_gradient(self, atoms_list: Sequence[Atoms]) -> torch.Tensor:
+        """∂S/∂R (N, 3) with S = Σ_i u_i over all atoms of `atoms_list`, one member at a time.
+
+        Why: the second-order graph of one member of a 10,000-atom frame is gigabytes; the
+        ensemble's at once is M times that. With the member forces F^m known (a first-order
+        pass), dS/dF^m = 2/(3(M−1)) (F^m − F̄) — the F̄ term drops out because the
+        deviations sum to zero over members — so ∂S/∂R = Σ_m VJP of member m's forces with
+        that fixed weight, and only one member's double-backward graph is alive at a time
+        (peak memory / M, for one extra first-order pass). NaN for M < 2.
+        """
+        g = self.graph(list(atoms_list))
+        pos0 = g.positions.detach()
+        m = self.size
+        if m < 2:
+            return torch.full_like(pos0, float("nan"))
+        forces = self.evaluate(g)["forces"].detach()  # (M, N, 3)
+        weights = (forces - forces.mean(dim=0, keepdim=True)) * (2.0 / (3.0 * (m - 1)))
+        total = torch.zeros_like(pos0)
+        for k, core in enumerate(self.cores):
+            pos = pos0.clone().requires_grad_(True)
+            with torch.enable_grad():
+                if self.uses_positions:
+                    e = core(pos, g.numbers, g.idx_m, g.n_atoms)
+                    (de,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+                    f = -de
+                else:
+                    rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
+                    e = core(rij, g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms)
+                    (de,) = torch.autograd.grad(e.sum(), rij, create_graph=True)
+                    f = pair_forces(de, g.idx_i, g.idx_j, pos.shape[0])
+                (gk,) = torch.autograd.grad((weights[k] * f).sum(), pos)
+            total += gk
+            del e, de, f, gk
+        return total
+
     # ------------------------------------------------------------------ public APIs
     def predict(
         self,

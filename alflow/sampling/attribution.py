@@ -29,7 +29,7 @@ def attribute_batch(
 ) -> list[np.ndarray]:
     """Per-atom scores for many frames in one ensemble pass (see `attribute`).
 
-    S_b depends only on frame b's positions, so one backward of Σ_b S_b gives every
+    S_b depends only on frame b's positions, so the gradient of Σ_b S_b gives every
     frame's ∂S_b/∂r at once.
     """
     atoms_list = list(atoms_list)
@@ -40,12 +40,10 @@ def attribute_batch(
                 for u in ensemble.predict(atoms_list).atomic_uncertainty]
     if method != "gradient":
         raise ValueError(f"unknown attribution method {method!r} (gradient or force_variance)")
-    pos = torch.as_tensor(np.concatenate([a.positions for a in atoms_list]), dtype=torch.float64)
-    pos.requires_grad_(True)
-    out = ensemble.predict_torch(atoms_list, pos, create_graph=True)
-    s_total = out.atomic_uncertainty.sum()
-    (grad,) = torch.autograd.grad(s_total, pos)
-    scores = grad.abs().mean(dim=1).numpy()
+    # one member's second-order graph at a time (`Ensemble.variance_gradient`): a
+    # 10,000-atom frame's would not fit in memory for all members at once
+    grad = ensemble.variance_gradient(atoms_list)
+    scores = grad.abs().mean(dim=1).to("cpu", torch.float64).numpy()
     return np.split(scores, np.cumsum([len(a) for a in atoms_list])[:-1])
 
 
