@@ -430,6 +430,57 @@ def report(
     typer.echo(f"report written to {html}")
 
 
+# ------------------------------------------------------------------------------ models
+model_app = typer.Typer(help="Trained ensembles: list generations, export one.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("list")
+def model_list(name: str = typer.Argument(..., help="Campaign name."), db: str | None = DbOption) -> None:
+    """Generations with trained members, their held-out errors and validation figures."""
+    from rich.table import Table
+
+    from alflow.db.queries import require_schema
+    from alflow.engine.model_export import generations
+
+    def f(v, fmt=".4f"):
+        return "-" if v is None else format(v, fmt)
+
+    with user_errors():
+        _, gens = generations(require_schema(db), name)
+    t = Table("gen", "state", "members", "force MAE", "energy MAE/atom", "test frames", "calib. scale",
+              "stability fs", "h(r) error", title=f"campaign {name}: ensembles (held-out errors in eV/Å, eV)")
+    for g in gens:
+        t.add_row(str(g.idx), g.state, str(len(g.members)), f(g.force_mae), f(g.energy_mae),
+                  "-" if g.n_test is None else str(g.n_test), f(g.calibration_scale, ".3g"),
+                  f(g.stability_time_fs, ".0f"), f(g.hr_error, ".3g"))
+    _console().print(t)
+    scored = [g for g in gens if g.members and g.force_mae is not None]
+    if scored:
+        best = min(scored, key=lambda g: (g.force_mae, -g.idx))
+        typer.echo(f"best (lowest held-out force MAE): generation {best.idx}")
+
+
+@model_app.command("export")
+def model_export(
+    name: str = typer.Argument(..., help="Campaign name."),
+    generation: str = typer.Option("best", "--generation", "-g", help="A generation index, 'best' or 'last'."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (new or empty)."),
+    no_torchscript: bool = typer.Option(False, "--no-torchscript", help="Skip the TorchScript files."),
+    db: str | None = DbOption,
+) -> None:
+    """Write a generation's members as SchNetPack models (+ TorchScript) with a manifest."""
+    from alflow.db.queries import require_schema
+    from alflow.engine.model_export import export_model
+    from alflow.engine.preflight import check_writable
+
+    with user_errors():
+        check_writable(out, "--out")
+        manifest = export_model(require_schema(db), name, generation, out, torchscript=not no_torchscript)
+    typer.echo(f"exported generation {manifest['generation']} of {name} ({manifest['n_members']} members, "
+               f"torchscript: {manifest['torchscript'][:80]}) to {out}; chosen by {manifest['chosen_by'][:60]}")
+
+
 @sites_app.command("init")
 def sites_init(
     name: str = typer.Argument(..., help="Name of the new site."),

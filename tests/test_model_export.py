@@ -1,0 +1,168 @@
+"""Model export and loading (issue 16): a finished tiny PaiNN campaign (inline backend, EMT
+Cu13) exported with `alflow model export`, read back by SchNetPack's own loader and
+calculator and by `torch.jit.load`, and by `alflow.load_potential`; bad input exits 2 and
+writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.cluster import Icosahedron
+from engine_helpers import run_alflow
+from model_helpers import cu_campaign
+
+NAME = "cu_model"
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cu_model")
+    url = f"sqlite:///{d / 'alflow.db'}"
+    assert cu_campaign(d, url, NAME) == "max_generations reached (2)"
+    return d, url
+
+
+@pytest.fixture(scope="module")
+def exported(campaign):
+    d, url = campaign
+    out = d / "export"
+    r = run_alflow("model", "export", NAME, "-g", "best", "-o", str(out), "--db", url, cwd=d)
+    assert r.returncode == 0, r.stderr
+    return out, json.loads((out / "manifest.json").read_text())
+
+
+def probe(seed=7):
+    a = Icosahedron("Cu", noshells=2)
+    a.positions += np.random.default_rng(seed).normal(0, 0.1, a.positions.shape)
+    return a
+
+
+def alflow_member(url, generation, member):
+    """What alflow's own ensemble says for one member (the reference)."""
+    from alflow.engine.model_export import load_ensemble
+
+    ens, _, _ = load_ensemble(url, NAME, generation, device="cpu", dtype=torch.float64)
+    out = ens.predict([probe()], members=True)
+    return out.energy_members[member, 0], out.forces_members[0][member]
+
+
+def test_model_list_shows_errors_and_names_the_best(campaign):
+    d, url = campaign
+    r = run_alflow("model", "list", NAME, "--db", url, cwd=d)
+    assert r.returncode == 0, r.stderr
+    from alflow.engine.model_export import generations
+
+    _, gens = generations(url, NAME)
+    assert [len(g.members) for g in gens] == [2, 2]
+    assert all(g.force_mae is not None and g.force_mae > 0 for g in gens)
+    best = min(gens, key=lambda g: (g.force_mae, -g.idx))
+    assert f"best (lowest held-out force MAE): generation {best.idx}" in r.stdout
+    assert f"{gens[0].force_mae:.4f}" in r.stdout and f"{gens[1].force_mae:.4f}" in r.stdout
+
+
+def test_exported_member_loads_in_schnetpack_and_torchscript_and_agrees(campaign, exported):
+    import schnetpack as spk
+
+    d, url = campaign
+    out, manifest = exported
+    from alflow.engine.model_export import generations
+
+    _, gens = generations(url, NAME)
+    best = min(gens, key=lambda g: (g.force_mae, -g.idx))
+    assert manifest["generation"] == best.idx and manifest["chosen_by"].startswith("best")
+    assert manifest["n_members"] == 2 and manifest["elements"] == [29] and manifest["cutoff"] == 4.0
+    assert manifest["units"]["energy"] == "eV" and manifest["oracle_method"]["kind"] == "ase"
+    assert manifest["training_set_sha256"] == best.training_set_sha256
+    assert manifest["calibration_scale"] == pytest.approx(best.calibration_scale)
+    assert manifest["torchscript"] == "produced"
+    for k in (0, 1):
+        e_ref, f_ref = alflow_member(url, manifest["generation"], k)
+        # SchNetPack's own calculator, from the file alone
+        atoms = probe()
+        atoms.calc = spk.interfaces.SpkCalculator(
+            model=str(out / f"member-{k}.spk.pt"),
+            neighbor_list=spk.transform.MatScipyNeighborList(cutoff=manifest["cutoff"]),
+            energy_unit="eV", position_unit="Angstrom", dtype=torch.float64)
+        assert atoms.get_potential_energy() == pytest.approx(e_ref, abs=1e-6)
+        np.testing.assert_allclose(atoms.get_forces(), f_ref, atol=1e-6)
+        assert abs(e_ref) > 1.0  # absolute energies (with the element reference), not residuals
+        # the deployed TorchScript member, through torch.jit.load and SchNetPack's converter
+        jit = torch.jit.load(str(out / f"member-{k}.jit.pt"))
+        conv = spk.interfaces.AtomsConverter(
+            neighbor_list=spk.transform.MatScipyNeighborList(cutoff=manifest["cutoff"]), dtype=torch.float64)
+        res = jit(conv(probe()))
+        assert float(res["energy"].detach()) == pytest.approx(e_ref, abs=1e-6)
+        np.testing.assert_allclose(res["forces"].detach().numpy(), f_ref, atol=1e-6)
+
+
+def test_load_potential_from_export_and_from_database_agree(campaign, exported):
+    import alflow
+
+    d, url = campaign
+    out, manifest = exported
+    a, b = probe(), probe()
+    a.calc = alflow.load_potential(out)
+    b.calc = alflow.load_potential(url, NAME, generation=manifest["generation"])
+    assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-5)
+    r = a.calc.results
+    assert r["sigma_f"] > 0 and r["atomic_uncertainty"].shape == (13,) and r["energy_std"] >= 0
+    assert r["sigma_f_calibrated"] == pytest.approx(r["sigma_f"] * manifest["calibration_scale"])
+    last = alflow.load_potential(url, NAME)  # "last"
+    assert last.source["generation"] == 1
+
+
+def test_load_potential_gives_stress_for_a_periodic_cell(campaign):
+    import alflow
+    from ase.build import bulk
+
+    _, url = campaign
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cu.rattle(0.05, seed=1)
+    cu.calc = alflow.load_potential(url, NAME, generation=0)
+    s = cu.get_stress()
+    assert s.shape == (6,) and np.all(np.isfinite(s))
+    np.testing.assert_allclose(s, cu.calc.calculate_numerical_stress(cu, d=1e-5), atol=2e-4)
+
+
+def test_bad_exports_exit_2_and_write_nothing(campaign, exported, tmp_path):
+    d, url = campaign
+    out, _ = exported
+    # a generation that does not exist; a campaign that does not exist
+    r = run_alflow("model", "export", NAME, "-g", "7", "-o", str(tmp_path / "x"), "--db", url, cwd=d)
+    assert r.returncode == 2 and "no generation 7" in r.stderr and not (tmp_path / "x").exists()
+    r = run_alflow("model", "export", "nope", "-o", str(tmp_path / "y"), "--db", url, cwd=d)
+    assert r.returncode == 2 and "no campaign named 'nope'" in r.stderr and not (tmp_path / "y").exists()
+    # into a directory that is not empty
+    r = run_alflow("model", "export", NAME, "-o", str(out), "--db", url, cwd=d)
+    assert r.returncode == 2 and "not an empty directory" in r.stderr
+    # a manifest whose file no longer hashes to its entry
+    import shutil
+
+    import alflow
+    from alflow.errors import InputError
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    blob = bytearray((bad / "member-1.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (bad / "member-1.pt").write_bytes(bytes(blob))
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        alflow.load_potential(bad)
+
+
+def test_export_of_a_campaign_without_trained_members_exits_2(tmp_path):
+    from alflow.db.session import upgrade
+    from alflow.engine.create import create_campaign
+    from alflow.spec import load_spec
+    from model_helpers import cu_spec
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    upgrade(url)
+    create_campaign(load_spec(cu_spec(tmp_path, "fresh")), url, site="inline", workdir=tmp_path / "fresh")
+    r = run_alflow("model", "export", "fresh", "-o", str(tmp_path / "out"), "--db", url, cwd=tmp_path)
+    assert r.returncode == 2 and "no trained ensemble members" in r.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
