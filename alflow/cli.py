@@ -343,12 +343,21 @@ def resume(
     site: str | None = typer.Option(None, "--site", help="Run on another site than recorded."),
     db: str | None = DbOption,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_generations: int | None = typer.Option(
+        None, "--max-generations", help="Raise the stop rule to N generations (recorded) and continue."),
+    oracle_budget: int | None = typer.Option(
+        None, "--oracle-budget", help="Raise the oracle budget to N calls (recorded) and continue."),
 ) -> None:
-    """Continue a stopped or crashed campaign where it left off (no oracle call repeated)."""
+    """Continue a stopped or crashed campaign where it left off (no oracle call repeated);
+    with --max-generations / --oracle-budget, continue a finished one past its stop rule."""
     from alflow.db.queries import require_schema
+    from alflow.engine.extend import extend_campaign
 
     with user_errors():
         url = require_schema(db)
+        for field, old, new in extend_campaign(url, name, max_generations=max_generations,
+                                               oracle_budget=oracle_budget):
+            typer.echo(f"{name}: stopping.{field} raised from {old} to {new} (recorded)")
     _run_campaign(name, url, site, quiet)
 
 
