@@ -490,6 +490,130 @@ def model_export(
                f"torchscript: {manifest['torchscript'][:80]}) to {out}; chosen by {manifest['chosen_by'][:60]}")
 
 
+@app.command("md")
+def md(
+    start: str = typer.Argument(..., help="Start geometry (any file ASE reads; its first frame)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="An `alflow model export` directory (or its manifest.json)."),
+    campaign: str | None = typer.Option(None, "--campaign", "-c", help="Use this campaign's recorded ensemble (with --db)."),
+    generation: str = typer.Option("last", "--generation", "-g", help="With --campaign: index, 'best' or 'last'."),
+    out: str = typer.Option(..., "--out", "-o", help="Trajectory file to write (.traj, .extxyz, ...)."),
+    steps: int = typer.Option(1000, "--steps", min=1),
+    timestep: float = typer.Option(0.5, "--timestep", help="fs"),
+    temperature: float = typer.Option(300.0, "--temperature", "-T", help="K (NVT bath; NVE start velocities)"),
+    ensemble_kind: str = typer.Option("nvt", "--ensemble", help="nvt (Langevin) or nve."),
+    friction: float = typer.Option(0.01, "--friction", help="Langevin friction, 1/fs (NVT)."),
+    save_every: int = typer.Option(1, "--save-every", min=1, help="Write every N-th step (flagged steps always)."),
+    max_uncertainty: float | None = typer.Option(
+        None, "--max-uncertainty", help="Calibrated σ_F threshold, eV/Å (default: the campaign's trust_hi)."),
+    on_uncertain: str = typer.Option("stop", "--on-uncertain", help="stop or flag, at the threshold."),
+    bond_guard: float = typer.Option(0.5, "--bond-guard", help="Stop when a bond leaves its start length by this (Å)."),
+    feed: str | None = typer.Option(None, "--feed", help="Record flagged frames as candidates of this campaign."),
+    charge: int = typer.Option(0, "--charge"),
+    multiplicity: int = typer.Option(1, "--multiplicity", min=1),
+    seed: int = typer.Option(0, "--seed", min=0),
+    db: str | None = DbOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Production NN-MD with a trained ensemble: a trajectory with per-step uncertainty,
+    stopping (or flagging) where the calibrated uncertainty passes a threshold."""
+    from pathlib import Path
+
+    from alflow.errors import InputError
+
+    with user_errors():
+        if ensemble_kind not in ("nvt", "nve"):
+            msg = ("NPT is not available: alflow's MD (run_md) is batched Langevin at fixed cell"
+                   if ensemble_kind == "npt" else f"must be nvt or nve, not {ensemble_kind!r}")
+            raise InputError(msg, source="--ensemble")
+        if on_uncertain not in ("stop", "flag"):
+            raise InputError(f"must be stop or flag, not {on_uncertain!r}", source="--on-uncertain")
+        if (model is None) == (campaign is None) and not (model is None and feed):
+            raise InputError("give one of --model (an export) or --campaign (a recorded ensemble)", source="md")
+        if timestep <= 0 or temperature <= 0 or friction < 0 or bond_guard <= 0:
+            raise InputError("--timestep and --temperature must be positive, --friction not negative", source="md")
+        from alflow.engine.preflight import check_writable
+
+        check_writable(out, "--out", directory=False)
+        if Path(out).exists():
+            raise InputError("exists; choose another name", source=out)
+        from alflow.spec import GeometrySource
+        from alflow.structures import read_geometries
+
+        atoms = read_geometries(GeometrySource(path=str(Path(start).resolve()), index="0", charge=charge,
+                                               multiplicity=multiplicity), ".")[0]
+        url = None
+        if campaign is not None or feed is not None:
+            from alflow.db.queries import require_schema
+
+            url = require_schema(db)
+        from alflow.engine.model_export import load_ensemble
+
+        if model is not None:
+            ens, scale, info = load_ensemble(model)
+        else:
+            ens, scale, info = load_ensemble(url, campaign or feed, generation)
+        from alflow.potentials.model import check_elements
+
+        try:
+            check_elements(atoms.numbers, ens.elements)
+        except ValueError as exc:
+            raise InputError(str(exc), source=start) from None
+        threshold = max_uncertainty
+        if threshold is None and (campaign or feed):
+            from alflow.db.session import session_factory
+
+            import sqlalchemy as sa
+
+            from alflow.db import models as m
+
+            with session_factory(url)() as s:
+                cid = s.scalar(sa.select(m.Campaign.id).where(m.Campaign.name == (campaign or feed)))
+                threshold = s.scalar(sa.select(m.Generation.trust_hi).where(
+                    m.Generation.campaign_id == cid, m.Generation.idx == info["generation"]))
+        if threshold is None:
+            raise InputError("no threshold: give --max-uncertainty (eV/Å, calibrated σ_F)", source="md")
+        from alflow.spec import MDSettings
+
+        settings = MDSettings(temperature_K=temperature, timestep_fs=timestep, steps=steps,
+                              friction_per_fs=0.0 if ensemble_kind == "nve" else friction,
+                              save_every=save_every, bond_guard=bond_guard)
+        from alflow.sampling.production import run_production_md
+
+        if quiet:
+            result = run_production_md(ens, atoms, settings, rng_seed=seed, threshold=threshold,
+                                       calibration_scale=scale or 1.0, on_uncertain=on_uncertain)
+        else:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("MD"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                          TextColumn("σ_cal {task.fields[sigma]:.3f} eV/Å"), TimeRemainingColumn(),
+                          transient=False) as bar:
+                task = bar.add_task("md", total=steps, sigma=0.0)
+                result = run_production_md(
+                    ens, atoms, settings, rng_seed=seed, threshold=threshold, calibration_scale=scale or 1.0,
+                    on_uncertain=on_uncertain,
+                    progress=lambda step, sig: bar.update(task, completed=step, sigma=sig))
+        from ase.io import write
+
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.partial{out_path.suffix}")
+        write(tmp, result.frames)
+        tmp.replace(out_path)
+        fed = None
+        if feed is not None:
+            from alflow.engine.feed import feed_frames
+
+            params = {"trajectory": str(out_path.resolve()), "threshold_eV_A": threshold,
+                      "on_uncertain": on_uncertain, "steps": result.steps, "stop_reason": result.stop_reason,
+                      "settings": settings.model_dump(mode="json"), "model": info, "seed": seed}
+            fed = feed_frames(url, feed, atoms, result.flagged, params,
+                              info.get("generation") if info.get("campaign") == feed else None)
+    typer.echo(f"wrote {len(result.frames)} frames ({result.steps} steps, {result.steps * timestep:g} fs) to {out}; "
+               f"stopped: {result.stop_reason}; {len(result.flagged)} frame(s) at or above "
+               f"σ_cal {threshold:.3g} eV/Å" + ("" if fed is None else f"; {fed} queued as candidates of {feed}"))
+
+
 @sites_app.command("init")
 def sites_init(
     name: str = typer.Argument(..., help="Name of the new site."),

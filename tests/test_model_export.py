@@ -166,3 +166,132 @@ def test_export_of_a_campaign_without_trained_members_exits_2(tmp_path):
     r = run_alflow("model", "export", "fresh", "-o", str(tmp_path / "out"), "--db", url, cwd=tmp_path)
     assert r.returncode == 2 and "no trained ensemble members" in r.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
+
+
+# ------------------------------------------------------------------------- alflow md
+MD_2PS = ("--steps", "500", "--timestep", "4", "--temperature", "300", "--bond-guard", "1.5",
+          "--multiplicity", "2", "--seed", "3")
+
+
+def start_file(path, scale=1.0, swap=None):
+    from ase.io import write
+
+    a = Icosahedron("Cu", noshells=2)
+    a.positions *= scale
+    if swap is not None:
+        a.numbers[0] = swap
+    write(path, a)
+    return path
+
+
+def sigma_cal(calc, scale):
+    a = Icosahedron("Cu", noshells=2)
+    a.positions *= scale
+    a.calc = calc
+    a.get_potential_energy()
+    return calc.results["sigma_f_calibrated"]
+
+
+def test_md_runs_2_ps_nvt_and_writes_a_trajectory_ase_reads(campaign, exported, tmp_path):
+    from ase.io import read
+
+    d, _ = campaign
+    out, _ = exported
+    traj = tmp_path / "prod.traj"
+    r = run_alflow("md", str(start_file(tmp_path / "start.xyz")), "--model", str(out), "-o", str(traj),
+                   "--max-uncertainty", "10", *MD_2PS, cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "stopped: max_steps" in r.stdout and "500/500 steps" in r.stdout  # the progress bar, finished
+    frames = read(traj, ":")
+    assert len(frames) == 501 and frames[-1].info["time_fs"] == 2000.0
+    sig = np.array([f.info["sigma_f_calibrated"] for f in frames])
+    assert np.all(np.isfinite(sig)) and np.all(sig >= 0) and sig.max() < 10
+    assert all(np.isfinite(f.get_potential_energy()) and f.get_forces().shape == (13, 3) for f in frames)
+    assert len(frames[7].info["atomic_uncertainty"]) == 13
+    assert not np.allclose(frames[0].positions, frames[-1].positions)  # it moved
+
+
+def test_md_stops_on_a_high_uncertainty_start_and_flags_in_flag_mode(campaign, exported, tmp_path):
+    import alflow
+    from ase.io import read
+
+    d, _ = campaign
+    out, _ = exported
+    calc = alflow.load_potential(out)
+    hot, cold = sigma_cal(calc, 0.85), sigma_cal(calc, 1.0)
+    assert hot > 20 * cold  # the compressed cluster is far from anything the ensemble saw
+    threshold = f"{(hot * cold) ** 0.5:.6g}"
+    start = start_file(tmp_path / "hot.xyz", 0.85)
+    r = run_alflow("md", str(start), "--model", str(out), "-o", str(tmp_path / "stop.traj"),
+                   "--max-uncertainty", threshold, *MD_2PS, "-q", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "stopped: trust_hi" in r.stdout and "wrote 1 frames (0 steps" in r.stdout
+    (frame,) = read(tmp_path / "stop.traj", ":")
+    assert frame.info["flagged"] and frame.info["sigma_f_calibrated"] == pytest.approx(hot, rel=1e-5)
+    r = run_alflow("md", str(start), "--model", str(out), "-o", str(tmp_path / "flag.traj"),
+                   "--max-uncertainty", threshold, "--on-uncertain", "flag", *MD_2PS[:1], "20",
+                   *MD_2PS[2:], "-q", cwd=d)
+    assert r.returncode == 0, r.stderr
+    frames = read(tmp_path / "flag.traj", ":")
+    assert len(frames) == 21 and frames[0].info["flagged"]
+    assert all(f.info["flagged"] == (f.info["sigma_f_calibrated"] >= float(threshold)) for f in frames)
+
+
+def test_md_feed_queues_flagged_frames_and_resume_labels_them(campaign, tmp_path):
+    import sqlalchemy as sa
+    from model_helpers import inline_run
+
+    from alflow.db import models as m
+    from alflow.db.session import get_engine
+    from alflow.engine.extend import extend_campaign
+
+    d, url = campaign
+    import sqlite3
+
+    db = tmp_path / "fed.db"
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # a copy that includes what is still in the WAL
+    fed = f"sqlite:///{db}"
+    start = start_file(tmp_path / "hot.xyz", 0.85)
+    r = run_alflow("md", str(start), "--feed", NAME, "--db", fed, "-o", str(tmp_path / "fed.traj"),
+                   "--max-uncertainty", "0.05", "--on-uncertain", "flag", "--steps", "30", "--timestep", "4",
+                   "--bond-guard", "1.5", "--multiplicity", "2", "--save-every", "10", "-q", cwd=d)
+    assert r.returncode == 0, r.stderr
+    with get_engine(fed).connect() as c:
+        run = c.execute(sa.select(m.SamplingRun).where(m.SamplingRun.kind == "production-md")).one()
+        flagged = c.execute(sa.select(m.Sample.geometry_id).where(m.Sample.sampling_run_id == run.id)).scalars().all()
+        queued = c.execute(sa.text("SELECT COUNT(*) FROM label_queue q JOIN sample s ON s.id = q.sample_id "
+                                   "WHERE q.status = 'queued' AND s.sampling_run_id = :r"), {"r": run.id}).scalar_one()
+    assert len(flagged) >= 1 and queued == len(flagged)
+    assert f"{len(flagged)} queued as candidates of {NAME}" in r.stdout
+    assert run.params["threshold_eV_A"] == 0.05 and run.model_generation_id is not None
+    extend_campaign(fed, NAME, max_generations=3)
+    assert inline_run(fed, NAME) == "max_generations reached (3)"
+    with get_engine(fed).connect() as c:
+        gen2 = c.execute(sa.select(m.Generation.id).where(m.Generation.idx == 2)).scalar_one()
+        labelled = set(c.execute(sa.text(
+            "SELECT l.geometry_id FROM label l JOIN task t ON t.id = l.task_id "
+            "WHERE t.generation_id = :g AND t.kind = 'label'"), {"g": gen2}).scalars())
+    assert set(flagged) <= labelled  # the production frames were labelled in the next generation
+
+
+def test_md_bad_input_exits_2_and_writes_nothing(campaign, exported, tmp_path):
+    import shutil
+
+    d, _ = campaign
+    out, _ = exported
+    traj = tmp_path / "t.traj"
+    cases = [
+        (("--model", str(out), str(start_file(tmp_path / "ag.xyz", swap=47))), "not trained on element(s) Ag"),
+        (("--model", str(out), str(start_file(tmp_path / "s.xyz")), "--ensemble", "npt"), "NPT is not available"),
+        ((str(tmp_path / "s.xyz"),), "give one of --model"),
+    ]
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    (bad / "member-0.pt").write_bytes(b"not a checkpoint")
+    cases.append((("--model", str(bad), str(tmp_path / "s.xyz")), "sha256 mismatch"))
+    for args, needle in cases:
+        r = run_alflow("md", *args, "-o", str(traj), "--max-uncertainty", "1", "--multiplicity", "2",
+                       "--steps", "2", cwd=d)
+        assert r.returncode == 2 and needle in " ".join(r.stderr.split()), (args, r.stderr)
+        assert not traj.exists()
