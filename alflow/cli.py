@@ -508,8 +508,8 @@ def md(
     on_uncertain: str = typer.Option("stop", "--on-uncertain", help="stop or flag, at the threshold."),
     bond_guard: float = typer.Option(0.5, "--bond-guard", help="Stop when a bond leaves its start length by this (Å)."),
     feed: str | None = typer.Option(None, "--feed", help="Record flagged frames as candidates of this campaign."),
-    charge: int = typer.Option(0, "--charge"),
-    multiplicity: int = typer.Option(1, "--multiplicity", min=1),
+    charge: int | None = typer.Option(None, "--charge", help="Default: the file's, else 0."),
+    multiplicity: int | None = typer.Option(None, "--multiplicity", min=1, help="Default: the file's, else 1."),
     seed: int = typer.Option(0, "--seed", min=0),
     db: str | None = DbOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -539,6 +539,15 @@ def md(
         from alflow.spec import GeometrySource
         from alflow.structures import read_geometries
 
+        if charge is None or multiplicity is None:
+            import ase.io
+
+            try:
+                info = ase.io.read(start, 0).info
+            except Exception:  # noqa: BLE001 - read_geometries below names the problem
+                info = {}
+            charge = int(info.get("charge", 0)) if charge is None else charge
+            multiplicity = int(info.get("multiplicity", 1)) if multiplicity is None else multiplicity
         atoms = read_geometries(GeometrySource(path=str(Path(start).resolve()), index="0", charge=charge,
                                                multiplicity=multiplicity), ".")[0]
         url = None
