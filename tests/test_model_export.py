@@ -21,7 +21,7 @@ NAME = "cu_model"
 def campaign(tmp_path_factory):
     d = tmp_path_factory.mktemp("cu_model")
     url = f"sqlite:///{d / 'alflow.db'}"
-    assert cu_campaign(d, url, NAME) == "max_generations reached (2)"
+    assert cu_campaign(d, url, NAME, training={"max_epochs": 40}) == "max_generations reached (2)"
     return d, url
 
 
@@ -122,10 +122,12 @@ def test_load_potential_gives_stress_for_a_periodic_cell(campaign):
     _, url = campaign
     cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     cu.rattle(0.05, seed=1)
-    cu.calc = alflow.load_potential(url, NAME, generation=0)
+    cu.calc = alflow.load_potential(url, NAME, generation=0, dtype=torch.float64)  # fd needs float64
     s = cu.get_stress()
     assert s.shape == (6,) and np.all(np.isfinite(s))
-    np.testing.assert_allclose(s, cu.calc.calculate_numerical_stress(cu, d=1e-5), atol=2e-4)
+    from ase.calculators.fd import calculate_numerical_stress
+
+    np.testing.assert_allclose(s, calculate_numerical_stress(cu, eps=1e-5, force_consistent=False), atol=1e-6)
 
 
 def test_bad_exports_exit_2_and_write_nothing(campaign, exported, tmp_path):
@@ -218,10 +220,10 @@ def test_md_stops_on_a_high_uncertainty_start_and_flags_in_flag_mode(campaign, e
     d, _ = campaign
     out, _ = exported
     calc = alflow.load_potential(out)
-    hot, cold = sigma_cal(calc, 0.85), sigma_cal(calc, 1.0)
-    assert hot > 20 * cold  # the compressed cluster is far from anything the ensemble saw
+    hot, cold = sigma_cal(calc, 0.8), sigma_cal(calc, 1.0)
+    assert hot > 5 * cold  # the compressed cluster is far from anything the ensemble saw
     threshold = f"{(hot * cold) ** 0.5:.6g}"
-    start = start_file(tmp_path / "hot.xyz", 0.85)
+    start = start_file(tmp_path / "hot.xyz", 0.8)
     r = run_alflow("md", str(start), "--model", str(out), "-o", str(tmp_path / "stop.traj"),
                    "--max-uncertainty", threshold, *MD_2PS, "-q", cwd=d)
     assert r.returncode == 0, r.stderr
@@ -252,7 +254,7 @@ def test_md_feed_queues_flagged_frames_and_resume_labels_them(campaign, tmp_path
     with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(db) as dst:
         src.backup(dst)  # a copy that includes what is still in the WAL
     fed = f"sqlite:///{db}"
-    start = start_file(tmp_path / "hot.xyz", 0.85)
+    start = start_file(tmp_path / "hot.xyz", 0.8)
     r = run_alflow("md", str(start), "--feed", NAME, "--db", fed, "-o", str(tmp_path / "fed.traj"),
                    "--max-uncertainty", "0.05", "--on-uncertain", "flag", "--steps", "30", "--timestep", "4",
                    "--bond-guard", "1.5", "--multiplicity", "2", "--save-every", "10", "-q", cwd=d)

@@ -41,7 +41,7 @@ def test_use_your_potential_commands_run_as_written(tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)  # the README's relative database path
     try:
-        assert cu_campaign(tmp_path, url, name).startswith("max_generations reached")
+        assert cu_campaign(tmp_path, url, name, training={"max_epochs": 40}).startswith("max_generations reached")
     finally:
         os.chdir(cwd)
     start = Icosahedron("Cu", noshells=2)
