@@ -343,12 +343,21 @@ def resume(
     site: str | None = typer.Option(None, "--site", help="Run on another site than recorded."),
     db: str | None = DbOption,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_generations: int | None = typer.Option(
+        None, "--max-generations", help="Raise the stop rule to N generations (recorded) and continue."),
+    oracle_budget: int | None = typer.Option(
+        None, "--oracle-budget", help="Raise the oracle budget to N calls (recorded) and continue."),
 ) -> None:
-    """Continue a stopped or crashed campaign where it left off (no oracle call repeated)."""
+    """Continue a stopped or crashed campaign where it left off (no oracle call repeated);
+    with --max-generations / --oracle-budget, continue a finished one past its stop rule."""
     from alflow.db.queries import require_schema
+    from alflow.engine.extend import extend_campaign
 
     with user_errors():
         url = require_schema(db)
+        for field, old, new in extend_campaign(url, name, max_generations=max_generations,
+                                               oracle_budget=oracle_budget):
+            typer.echo(f"{name}: stopping.{field} raised from {old} to {new} (recorded)")
     _run_campaign(name, url, site, quiet)
 
 
@@ -428,6 +437,190 @@ def report(
         target = check_writable(out or f"report-{name}", "--out")  # before the database is asked
         html = write_report(require_schema(db), name, target)
     typer.echo(f"report written to {html}")
+
+
+# ------------------------------------------------------------------------------ models
+model_app = typer.Typer(help="Trained ensembles: list generations, export one.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("list")
+def model_list(name: str = typer.Argument(..., help="Campaign name."), db: str | None = DbOption) -> None:
+    """Generations with trained members, their held-out errors and validation figures."""
+    from rich.table import Table
+
+    from alflow.db.queries import require_schema
+    from alflow.engine.model_export import generations
+
+    def f(v, fmt=".4f"):
+        return "-" if v is None else format(v, fmt)
+
+    with user_errors():
+        _, gens = generations(require_schema(db), name)
+    t = Table("gen", "state", "members", "force MAE", "energy MAE/atom", "test frames", "calib. scale",
+              "stability fs", "h(r) error", title=f"campaign {name}: ensembles (held-out errors in eV/Å, eV)")
+    for g in gens:
+        t.add_row(str(g.idx), g.state, str(len(g.members)), f(g.force_mae), f(g.energy_mae),
+                  "-" if g.n_test is None else str(g.n_test), f(g.calibration_scale, ".3g"),
+                  f(g.stability_time_fs, ".0f"), f(g.hr_error, ".3g"))
+    _console().print(t)
+    scored = [g for g in gens if g.members and g.force_mae is not None]
+    if scored:
+        best = min(scored, key=lambda g: (g.force_mae, -g.idx))
+        typer.echo(f"best (lowest held-out force MAE): generation {best.idx}")
+
+
+@model_app.command("export")
+def model_export(
+    name: str = typer.Argument(..., help="Campaign name."),
+    generation: str = typer.Option("best", "--generation", "-g", help="A generation index, 'best' or 'last'."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (new or empty)."),
+    no_torchscript: bool = typer.Option(False, "--no-torchscript", help="Skip the TorchScript files."),
+    db: str | None = DbOption,
+) -> None:
+    """Write a generation's members as SchNetPack models (+ TorchScript) with a manifest."""
+    from alflow.db.queries import require_schema
+    from alflow.engine.model_export import export_model
+    from alflow.engine.preflight import check_writable
+
+    with user_errors():
+        check_writable(out, "--out")
+        manifest = export_model(require_schema(db), name, generation, out, torchscript=not no_torchscript)
+    typer.echo(f"exported generation {manifest['generation']} of {name} ({manifest['n_members']} members, "
+               f"torchscript: {manifest['torchscript'][:80]}) to {out}; chosen by {manifest['chosen_by'][:60]}")
+
+
+@app.command("md")
+def md(
+    start: str = typer.Argument(..., help="Start geometry (any file ASE reads; its first frame)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="An `alflow model export` directory (or its manifest.json)."),
+    campaign: str | None = typer.Option(None, "--campaign", "-c", help="Use this campaign's recorded ensemble (with --db)."),
+    generation: str = typer.Option("last", "--generation", "-g", help="With --campaign: index, 'best' or 'last'."),
+    out: str = typer.Option(..., "--out", "-o", help="Trajectory file to write (.traj, .extxyz, ...)."),
+    steps: int = typer.Option(1000, "--steps", min=1),
+    timestep: float = typer.Option(0.5, "--timestep", help="fs"),
+    temperature: float = typer.Option(300.0, "--temperature", "-T", help="K (NVT bath; NVE start velocities)"),
+    ensemble_kind: str = typer.Option("nvt", "--ensemble", help="nvt (Langevin) or nve."),
+    friction: float = typer.Option(0.01, "--friction", help="Langevin friction, 1/fs (NVT)."),
+    save_every: int = typer.Option(1, "--save-every", min=1, help="Write every N-th step (flagged steps always)."),
+    max_uncertainty: float | None = typer.Option(
+        None, "--max-uncertainty", help="Calibrated σ_F threshold, eV/Å (default: the campaign's trust_hi)."),
+    on_uncertain: str = typer.Option("stop", "--on-uncertain", help="stop or flag, at the threshold."),
+    bond_guard: float = typer.Option(0.5, "--bond-guard", help="Stop when a bond leaves its start length by this (Å)."),
+    feed: str | None = typer.Option(None, "--feed", help="Record flagged frames as candidates of this campaign."),
+    charge: int | None = typer.Option(None, "--charge", help="Default: the file's, else 0."),
+    multiplicity: int | None = typer.Option(None, "--multiplicity", min=1, help="Default: the file's, else 1."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    db: str | None = DbOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Production NN-MD with a trained ensemble: a trajectory with per-step uncertainty,
+    stopping (or flagging) where the calibrated uncertainty passes a threshold."""
+    from pathlib import Path
+
+    from alflow.errors import InputError
+
+    with user_errors():
+        if ensemble_kind not in ("nvt", "nve"):
+            msg = ("NPT is not available: alflow's MD (run_md) is batched Langevin at fixed cell"
+                   if ensemble_kind == "npt" else f"must be nvt or nve, not {ensemble_kind!r}")
+            raise InputError(msg, source="--ensemble")
+        if on_uncertain not in ("stop", "flag"):
+            raise InputError(f"must be stop or flag, not {on_uncertain!r}", source="--on-uncertain")
+        if (model is None) == (campaign is None) and not (model is None and feed):
+            raise InputError("give one of --model (an export) or --campaign (a recorded ensemble)", source="md")
+        if timestep <= 0 or temperature <= 0 or friction < 0 or bond_guard <= 0:
+            raise InputError("--timestep and --temperature must be positive, --friction not negative", source="md")
+        from alflow.engine.preflight import check_writable
+
+        check_writable(out, "--out", directory=False)
+        if Path(out).exists():
+            raise InputError("exists; choose another name", source=out)
+        from alflow.spec import GeometrySource
+        from alflow.structures import read_geometries
+
+        if charge is None or multiplicity is None:
+            import ase.io
+
+            try:
+                info = ase.io.read(start, 0).info
+            except Exception:  # noqa: BLE001 - read_geometries below names the problem
+                info = {}
+            charge = int(info.get("charge", 0)) if charge is None else charge
+            multiplicity = int(info.get("multiplicity", 1)) if multiplicity is None else multiplicity
+        atoms = read_geometries(GeometrySource(path=str(Path(start).resolve()), index="0", charge=charge,
+                                               multiplicity=multiplicity), ".")[0]
+        url = None
+        if campaign is not None or feed is not None:
+            from alflow.db.queries import require_schema
+
+            url = require_schema(db)
+        from alflow.engine.model_export import load_ensemble
+
+        if model is not None:
+            ens, scale, info = load_ensemble(model)
+        else:
+            ens, scale, info = load_ensemble(url, campaign or feed, generation)
+        from alflow.potentials.model import check_elements
+
+        try:
+            check_elements(atoms.numbers, ens.elements)
+        except ValueError as exc:
+            raise InputError(str(exc), source=start) from None
+        threshold = max_uncertainty
+        if threshold is None and (campaign or feed):
+            from alflow.db.session import session_factory
+
+            import sqlalchemy as sa
+
+            from alflow.db import models as m
+
+            with session_factory(url)() as s:
+                cid = s.scalar(sa.select(m.Campaign.id).where(m.Campaign.name == (campaign or feed)))
+                threshold = s.scalar(sa.select(m.Generation.trust_hi).where(
+                    m.Generation.campaign_id == cid, m.Generation.idx == info["generation"]))
+        if threshold is None:
+            raise InputError("no threshold: give --max-uncertainty (eV/Å, calibrated σ_F)", source="md")
+        from alflow.spec import MDSettings
+
+        settings = MDSettings(temperature_K=temperature, timestep_fs=timestep, steps=steps,
+                              friction_per_fs=0.0 if ensemble_kind == "nve" else friction,
+                              save_every=save_every, bond_guard=bond_guard)
+        from alflow.sampling.production import run_production_md
+
+        if quiet:
+            result = run_production_md(ens, atoms, settings, rng_seed=seed, threshold=threshold,
+                                       calibration_scale=scale or 1.0, on_uncertain=on_uncertain)
+        else:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("MD"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                          TextColumn("σ_cal {task.fields[sigma]:.3f} eV/Å"), TimeRemainingColumn(),
+                          transient=False) as bar:
+                task = bar.add_task("md", total=steps, sigma=0.0)
+                result = run_production_md(
+                    ens, atoms, settings, rng_seed=seed, threshold=threshold, calibration_scale=scale or 1.0,
+                    on_uncertain=on_uncertain,
+                    progress=lambda step, sig: bar.update(task, completed=step, sigma=sig))
+        from ase.io import write
+
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.partial{out_path.suffix}")
+        write(tmp, result.frames)
+        tmp.replace(out_path)
+        fed = None
+        if feed is not None:
+            from alflow.engine.feed import feed_frames
+
+            params = {"trajectory": str(out_path.resolve()), "threshold_eV_A": threshold,
+                      "on_uncertain": on_uncertain, "steps": result.steps, "stop_reason": result.stop_reason,
+                      "settings": settings.model_dump(mode="json"), "model": info, "seed": seed}
+            fed = feed_frames(url, feed, atoms, result.flagged, params,
+                              info.get("generation") if info.get("campaign") == feed else None)
+    typer.echo(f"wrote {len(result.frames)} frames ({result.steps} steps, {result.steps * timestep:g} fs) to {out}; "
+               f"stopped: {result.stop_reason}; {len(result.flagged)} frame(s) at or above "
+               f"σ_cal {threshold:.3g} eV/Å" + ("" if fed is None else f"; {fed} queued as candidates of {feed}"))
 
 
 @sites_app.command("init")

@@ -289,6 +289,22 @@ class GeometrySource(Strict):
         return value
 
 
+class ImportedMethod(Strict):
+    """The level of theory labels were computed at, when it is not the campaign's oracle."""
+
+    name: str = Field(min_length=1, max_length=80)  # e.g. "PBE/def2-SVP ORCA 5"
+    code: str = Field(min_length=1, max_length=40)  # e.g. "orca"
+
+
+class LabelSource(GeometrySource):
+    """A file of labelled frames (extxyz, ASE db, ... with energies and forces in eV, eV/Å;
+    stress where periodic), recorded as labels with no oracle call. `method: oracle` says
+    they were computed with this campaign's own oracle settings: they count as its labels
+    and are never recomputed. Otherwise they are labels of an imported method."""
+
+    method: Literal["oracle"] | ImportedMethod
+
+
 class EvaluationSpec(Strict):
     # Fraction of the initial geometries held out (chosen by geometry hash, so the same
     # ones every generation) to measure error comparably across generations.
@@ -317,7 +333,12 @@ class ValidationSpec(Strict):
 class CampaignSpec(Strict):
     version: Literal[1] = SPEC_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    initial_geometries: list[GeometrySource] = Field(min_length=1)
+    initial_geometries: list[GeometrySource] = Field(default_factory=list)
+    # labelled data to start from (no oracle call); see LabelSource
+    initial_labels: list[LabelSource] = Field(default_factory=list)
+    # train on labels of another level of theory beside the oracle's (initial_labels with
+    # an imported method); refused unless set
+    allow_mixed_methods: bool = False
     oracle: OracleSpec
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
@@ -334,6 +355,21 @@ class CampaignSpec(Strict):
     # as timed out and retried by the site's retry policy)
     task_time_limit_s: dict[Literal["oracle", "train", "sample"], Annotated[FiniteFloat, Field(gt=0)]] = Field(
         default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something_to_start_from(self) -> CampaignSpec:
+        if not self.initial_geometries and not self.initial_labels:
+            raise ValueError("field 'initial_geometries': give initial_geometries or initial_labels "
+                             "(or both): a campaign needs something to start from")
+        for i, src in enumerate(self.initial_labels):
+            if src.method != "oracle" and not self.allow_mixed_methods:
+                raise ValueError(
+                    f"field 'initial_labels[{i}].method': labels of {src.method.name!r} "
+                    f"({src.method.code}) are another level of theory than the campaign's oracle "
+                    f"({self.oracle.kind}); training on both mixes methods: set "
+                    f"allow_mixed_methods: true to allow it, or method: oracle if they were "
+                    f"computed with this oracle's settings")
+        return self
 
     @model_validator(mode="after")
     def _carving_radius(self) -> CampaignSpec:
@@ -373,6 +409,7 @@ class LoadedSpec:
     geometries: list[Atoms]
     sha256: str
     path: Path
+    labels: tuple = ()  # alflow.imported_labels.LabelFile per initial_labels entry
 
 
 def spec_json(spec: CampaignSpec) -> str:
@@ -416,7 +453,11 @@ def load_spec(path: str | Path) -> LoadedSpec:
         if spec.carving.enabled:
             _check_carving_fits(spec, frames, f"initial_geometries[{i}]", source)
         geometries.extend(frames)
-    return LoadedSpec(spec=spec, geometries=geometries, sha256=spec_sha256(spec), path=path)
+    from alflow.imported_labels import read_label_files
+
+    labels = read_label_files(spec, path.parent, geometries, source)
+    return LoadedSpec(spec=spec, geometries=geometries, sha256=spec_sha256(spec), path=path,
+                      labels=tuple(labels))
 
 
 def load_spec_text(text: str, source: str = "<spec>") -> CampaignSpec:

@@ -381,3 +381,21 @@ class QueueEntry(Base):
     label_id: Mapped[int | None] = _fk("label.id", nullable=True)
     created_at: Mapped[dt.datetime] = _created()
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CampaignChange(Base):
+    """A recorded change of a campaign's spec after it was created (`alflow resume
+    --max-generations/--oracle-budget`): which field, its old and new value, the spec hashes
+    before and after, and at which generation the campaign was when it changed."""
+
+    __tablename__ = "campaign_change"
+    id: Mapped[int] = _id()
+    campaign_id: Mapped[int] = _fk("campaign.id", ondelete="CASCADE")
+    field: Mapped[str] = mapped_column(String(80))
+    old_value: Mapped[dict[str, Any] | None]
+    new_value: Mapped[dict[str, Any] | None]
+    old_spec_sha256: Mapped[str] = mapped_column(Hash)
+    new_spec_sha256: Mapped[str] = mapped_column(Hash)
+    at_generation: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _created()

@@ -52,9 +52,13 @@ def load_context(url: str, name: str, progress: Progress | None = None) -> Campa
         campaign_id = camp.id
     with Session.begin() as s:
         method_id = writers.ensure_oracle_method(s, record)
+        imported = sorted({int(p["method_id"]) for p in s.scalars(
+            sa.select(m.SamplingRun.params).join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
+            .where(m.Generation.campaign_id == campaign_id, m.SamplingRun.kind == "initial-labels"))
+            if p and p.get("method_id") is not None} - {method_id})
     ctx = CampaignContext(id=campaign_id, name=name, spec=spec, Session=Session, workdir=workdir,
                           site_name=site, method_id=method_id, method_key=record["settings_sha256"],
-                          progress=progress)
+                          label_method_ids=tuple(imported), progress=progress)
     ctx.emit(campaign=name)
     return ctx
 

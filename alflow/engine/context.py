@@ -62,6 +62,8 @@ class CampaignContext:
     site_name: str | None
     method_id: int
     method_key: str
+    # methods of imported initial_labels the campaign trains on beside its oracle's
+    label_method_ids: tuple[int, ...] = ()
     oracle_workers: int | None = None
     validate_role: str = "sample"  # a site's own 'validate' executor when it has one
     progress: Progress | None = None
@@ -110,7 +112,7 @@ class CampaignContext:
         gives different campaigns."""
         return [tuple(r) for r in s.execute(
             sa.select(m.Label, m.Geometry).join(m.Geometry, m.Geometry.id == m.Label.geometry_id)
-            .where(m.Label.method_id == self.method_id, m.Label.status == "ok",
+            .where(m.Label.method_id.in_((self.method_id, *self.label_method_ids)), m.Label.status == "ok",
                    m.Label.geometry_id.in_(self.chosen_geometries()))
             .order_by(m.Geometry.content_hash)).all()]
 

@@ -69,10 +69,83 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
                                 "carve_map": np.asarray(cl.source_indices, dtype=np.int64)})
                 edges.append({"child_id": cid, "parent_id": gid, "relation": "carved",
                               "sampling_run_id": run.id, "info": {"centre": int(cl.centre)}})
-        s.execute(sa.insert(m.Sample), samples)
+        if samples:
+            s.execute(sa.insert(m.Sample), samples)
         if edges:
             s.execute(sa.insert(m.GeometryEdge), edges)
         chosen = s.execute(sa.select(m.Sample.geometry_id, m.Sample.id).where(
             m.Sample.sampling_run_id == run.id, m.Sample.selected.is_(True)).order_by(m.Sample.id)).all()
         queue.enqueue(s, camp.id, gen.id, [(g, sid, None) for g, sid in chosen])
+        if loaded.labels:
+            record_initial_labels(s, loaded, camp.id, gen.id)
         return camp.id
+
+
+def _oracle_record(spec) -> dict:
+    from alflow.oracles import make_oracle
+
+    oracle = make_oracle(spec.oracle)  # identity only
+    try:
+        return oracle.method_record()
+    finally:
+        oracle.close()
+
+
+def record_initial_labels(s, loaded: LoadedSpec, campaign_id: int, gen_id: int) -> int:
+    """The spec's `initial_labels` as labels (no task: no oracle call), each file one
+    sampling run of kind 'initial-labels' whose params name the file, its sha256 and the
+    method id; a label that exists for (geometry, method) is kept if it agrees and refused
+    if it does not. Returns how many labels were written."""
+    written = 0
+    oracle_id = None
+    for lf in loaded.labels:
+        if lf.imported:
+            method_id = writers.ensure_oracle_method(s, lf.method_record())
+            method = {"name": lf.method.name, "code": lf.method.code}
+        else:
+            if oracle_id is None:
+                oracle_id = writers.ensure_oracle_method(s, _oracle_record(loaded.spec))
+            method_id, method = oracle_id, "oracle"
+        ids = writers.write_geometries(s, [writers.geometry_row(a, "initial-labels") for a in lf.atoms])
+        run = m.SamplingRun(generation_id=gen_id, kind="initial-labels", n_frames=len(ids),
+                            params={"path": str(lf.path), "sha256": lf.sha256, "method": method,
+                                    "method_id": method_id})
+        s.add(run)
+        s.flush()
+        existing = {lab.geometry_id: lab for lab in s.scalars(sa.select(m.Label).where(
+            m.Label.method_id == method_id, m.Label.status == "ok", m.Label.geometry_id.in_(set(ids))))}
+        rows, samples, seen = [], [], {}
+        for k, gid in enumerate(ids):
+            e, f = float(lf.energies[k]), lf.forces[k]
+            prior = existing.get(gid)
+            if prior is not None:
+                pe, pf = prior.energy, prior.forces.reshape(-1, 3)
+            elif gid in seen:
+                pe, pf = seen[gid]
+            else:
+                pe = pf = None
+            if pe is not None:
+                if abs(pe - e) > 1e-6 or float(np.abs(pf - f).max()) > 1e-6:
+                    where = "an earlier frame of the file" if prior is None else "the label recorded for it"
+                    raise InputError(f"frame {k}: the same geometry as {where}, with another energy or "
+                                     f"forces ({e!r} vs {pe!r} eV)", source=str(lf.path))
+                continue
+            seen[gid] = (e, f)
+            samples.append({"sampling_run_id": run.id, "geometry_id": gid, "selected": True,
+                            "reason": "imported label", "energy_mean": e})
+            rows.append(writers.label_row(gid, method_id, status="ok", energy=e, forces=f,
+                                          stress=lf.stresses[k]))
+        for gid in existing:
+            if gid not in seen:
+                k = ids.index(gid)
+                samples.append({"sampling_run_id": run.id, "geometry_id": gid, "selected": True,
+                                "reason": "imported label (recorded before)", "energy_mean": float(lf.energies[k])})
+                seen[gid] = None
+        if samples:
+            s.execute(sa.insert(m.Sample), samples)
+        written += writers.write_labels(s, rows)
+        chosen = s.execute(sa.select(m.Sample.geometry_id, m.Sample.id).where(
+            m.Sample.sampling_run_id == run.id)).all()
+        queue.enqueue(s, campaign_id, gen_id, [(g, sid, None) for g, sid in chosen])
+        queue.close(s, campaign_id, method_id, [g for g, _ in chosen], None)
+    return written

@@ -2,7 +2,9 @@
 
 Results: ``energy``/``free_energy`` (mean, eV), ``forces`` (mean, eV/Å), ``stress`` (Voigt,
 eV/Å³, periodic cells only), and the uncertainties ``sigma_f2`` (eV²/Å², frame scalar),
-``sigma_f``, ``atomic_uncertainty`` (u_i per atom, eV²/Å²), ``energy_std`` (eV); with
+``sigma_f``, ``atomic_uncertainty`` (u_i per atom, eV²/Å²), ``energy_std`` (eV),
+``sigma_f_calibrated`` (σ_F × `calibration_scale`, eV/Å: the ensemble's estimate of its
+force error; σ_F itself when no scale is given); with
 ``members=True`` also ``energy_members`` (M,) and ``forces_members`` (M, n, 3). Every
 quantity comes from one ensemble pass, so MD walkers read their uncertainty for free.
 
@@ -25,10 +27,13 @@ from alflow.potentials.ensemble import Ensemble, Prediction
 class EnsembleCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, ensemble: Ensemble, *, members: bool = False, **kwargs: Any):
+    def __init__(self, ensemble: Ensemble, *, members: bool = False,
+                 calibration_scale: float | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.ensemble = ensemble
         self.members = members
+        ok = calibration_scale is not None and np.isfinite(calibration_scale) and calibration_scale > 0
+        self.calibration_scale = float(calibration_scale) if ok else 1.0
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -46,6 +51,7 @@ class EnsembleCalculator(Calculator):
             "forces": out.forces[0],
             "sigma_f2": float(out.sigma_f2[0]),
             "sigma_f": float(out.sigma_f[0]),
+            "sigma_f_calibrated": float(out.sigma_f[0]) * self.calibration_scale,
             "atomic_uncertainty": out.atomic_uncertainty[0],
             "energy_std": float(out.energy_std[0]),
         }
