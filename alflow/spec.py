@@ -324,6 +324,7 @@ class ValidationSpec(Strict):
     reference: str = "tblite"
     reference_settings: dict[str, Any] = Field(default_factory=dict)
     reference_steps: int | None = Field(None, ge=1, description="None: as long as a walker's run")
+    reference_seed: int = Field(0, ge=0, lt=2**63, description="not the campaign seed: shared across seeds")
     # leading reference frames (every 10 steps) not used as walker starts or test frames
     equilibration_frames: int = Field(0, ge=0)
     r_max: FiniteFloat = Field(10.0, gt=0)

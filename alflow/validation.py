@@ -313,3 +313,26 @@ def validate(model, reference: ReferenceTrajectory, settings: ValidationSpec, *,
         hr_error=float(errs.mean()), hr_error_std=float(errs.std(ddof=1)) if len(errs) > 1 else 0.0,
         run_fs=run_fs, reference=reference.source, reference_sha256=reference.sha256,
         walkers=tuple(walkers))
+
+
+def campaign_reference(start: Atoms, v: ValidationSpec, oracle_spec, *, cache_dir: str | Path | None
+                       ) -> ReferenceTrajectory:
+    """The campaign's reference trajectory: `v.reference` names an ASE calculator, or
+    "oracle" for the campaign's own oracle (`oracle_spec`); seeded by `v.reference_seed`, so
+    campaigns that differ only in seed or sampler share it (and the test set drawn from it)."""
+    if v.reference == "oracle":
+        from alflow.oracles import make_oracle
+
+        source = {"oracle": oracle_spec.model_dump(mode="json")}
+
+        def make():
+            return OracleModel(make_oracle(oracle_spec))
+    else:
+        from alflow.oracles.ase_calc import build_calculator
+        from alflow.potentials.calculator import CalculatorModel
+
+        source = {"calculator": v.reference, "settings": v.reference_settings}
+
+        def make():
+            return CalculatorModel(lambda a: build_calculator(v.reference, v.reference_settings, a))
+    return reference_trajectory(start, v, make, source, rng_seed=v.reference_seed, cache_dir=cache_dir)
