@@ -304,6 +304,9 @@ class EvaluationSpec(Strict):
     profile: GeometrySource | None = None
 
 
+REFERENCE_SAVE_EVERY = 10  # steps between the kept frames of a validation reference trajectory
+
+
 class ValidationSpec(Strict):
     """Per-generation NN-MD validation in the protocol of Fu et al. (TMLR 2023), see
     `alflow.validation`: `walkers` batched NN-MD runs from distinct frames of a reference
@@ -365,9 +368,19 @@ class CampaignSpec(Strict):
 
     @model_validator(mode="after")
     def _reference_md_frames_need_validation(self) -> CampaignSpec:
-        if self.evaluation.reference_md_frames and not self.validation.enabled:
+        v, n = self.validation, self.evaluation.reference_md_frames
+        if n and not v.enabled:
             raise ValueError("field 'evaluation.reference_md_frames': frames come from the validation's "
                              "reference trajectory; set validation.enabled: true (or reference_md_frames: 0)")
+        if v.enabled:
+            frames = (v.reference_steps or v.steps) // REFERENCE_SAVE_EVERY + 1 - v.equilibration_frames
+            for field_name, wanted in (("validation.walkers", v.walkers),
+                                       ("evaluation.reference_md_frames", n + 1)):
+                if wanted > frames:
+                    raise ValueError(
+                        f"field '{field_name}': the reference trajectory keeps {frames} frames after "
+                        f"equilibration (one every {REFERENCE_SAVE_EVERY} of validation.reference_steps), "
+                        f"too few for {wanted - (field_name != 'validation.walkers')}; make it longer")
         return self
 
     @property

@@ -43,9 +43,9 @@ from ase import Atoms
 from alflow.bonds import bond_list
 from alflow.geometry import atoms_hash
 from alflow.sampling.md import run_md
-from alflow.spec import MDSettings, ValidationSpec
+from alflow.spec import REFERENCE_SAVE_EVERY, MDSettings, ValidationSpec
 
-RECORD_EVERY = 10  # steps between recorded frames: the resolution of the stability time
+RECORD_EVERY = REFERENCE_SAVE_EVERY  # steps between recorded frames: the resolution of the stability time
 NATURAL_CUTOFFS = 1.0  # bond tolerance of ASE's natural_cutoffs
 HR_BINS = 500
 HR_R_MAX = 10.0  # Å

@@ -22,6 +22,7 @@ difference is called only when it exceeds two standard errors over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -119,6 +120,7 @@ def main() -> int:
                 with get_engine(url).connect() as c:
                     rows = [dict(r._mapping) for r in c.execute(sa.text(GENERATION_ROWS)).all()]
                 runs[strategy].append(rows)
+                print("# rows " + json.dumps({"seed": seed, "strategy": strategy, "rows": rows}), flush=True)
                 last = rows[-1]
                 print(f"# seed {seed} {strategy}: {len(rows)} generations, path MAE "
                       f"{last['profile_mae']:.4f} eV, {time.time() - t0:.0f} s", flush=True)
