@@ -17,6 +17,12 @@ that of NN-MD sampling (`TARGET ammonia_path_mae_adversarial_vs_md <ratio> 0.5`)
 difference is called only when it exceeds two standard errors over seeds.
 
     python benchmarks/ammonia_inversion.py [--seeds 5] [--first-seed 100] [--generations 3]
+
+Measured (2 shared cores, 45 min: seeds 100-104, --generations 2 --epochs 40
+--validation-steps 400 --reference-steps 1000; reference barrier on this path 0.471 eV):
+final path MAE adversarial 0.0176±0.0030 eV at 63 oracle calls, NN-MD 0.0339±0.0122 at 65,
+random 0.0341±0.0114 at 65: ratio 0.52, not beyond 2 SE (MISS). Every walker of every
+generation survived 200 fs at 500 K: for NH3 this stability test does not discriminate.
 """
 
 from __future__ import annotations
