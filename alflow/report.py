@@ -374,8 +374,13 @@ def _cumulative(data: Data) -> tuple[dict[int, float], dict[int, float], bool, b
 
 
 METRICS = (("force_mae", "held-out force MAE (eV/Å)"),
-           ("stability_time_fs", "NN-MD stability time (fs)"),
-           ("hr_error", "h(r) error"))
+           ("energy_mae", "held-out energy MAE (eV/atom)"),
+           ("stability_median_fs", "NN-MD stability time (median, fs)"),
+           ("survival_fraction", "NN-MD survival fraction"),
+           ("hr_error", "h(r) error (1/Å)"),
+           ("profile_mae", "profile MAE (eV)"),
+           ("barrier_error", "barrier error (eV)"))
+SPREAD = {"hr_error": "hr_error_std"}  # drawn as ± error bars (spread over the walkers)
 
 
 def fig_learning_curves(data: Data) -> Fig | None:
@@ -413,6 +418,13 @@ def fig_learning_curves(data: Data) -> Fig | None:
                 ax = axes[r][c]
                 x = [gi if mapping is None else mapping.get(gi, np.nan) for gi in gens]
                 ax.plot(x, ys, marker="o", color="#0072b2", lw=1.6, ms=5)
+                if key in SPREAD:
+                    err = [data.errors[gi].get(SPREAD[key]) for gi in gens]
+                    if all(e is not None for e in err):
+                        ax.errorbar(x, ys, yerr=[float(e) for e in err], fmt="none", ecolor="#0072b2",
+                                    alpha=0.5, capsize=3)
+                if key == "barrier_error":
+                    ax.axhline(0.0, color="#999999", lw=0.8)
                 if mapping is not None:
                     for xi, yi, gi in zip(x, ys, gens):
                         ax.annotate(f"g{gi}", (xi, yi), textcoords="offset points", xytext=(4, 4),
@@ -422,7 +434,7 @@ def fig_learning_curves(data: Data) -> Fig | None:
                     _int_ticks(ax)
                 if r == len(present) - 1:
                     ax.set_xlabel(xlabel)
-                if len(ys) > 1 and min(ys) > 0 and max(ys) / min(ys) > 20:
+                if key != "survival_fraction" and len(ys) > 1 and min(ys) > 0 and max(ys) / min(ys) > 20:
                     ax.set_yscale("log")
                     _plain_log(ax, "y")
                 ax.margins(x=0.08, y=0.12)
@@ -431,9 +443,13 @@ def fig_learning_curves(data: Data) -> Fig | None:
     return Fig("learning_curves", "Learning curves",
                "Held-out error and validation figures of each generation's ensemble, against the "
                "generation, the oracle calls and the oracle CPU-hours spent up to and including that "
-               "generation's labelling (failed calls count: they cost CPU too). Stability time: "
-               "first time a bond deviates more than 0.5 Å in NN-MD; h(r) error: distance against "
-               "reference MD.", png)
+               "generation's labelling (failed calls count: they cost CPU too). Validation in the "
+               "protocol of Fu et al. (TMLR 2023): NN-MD walkers from frames of a reference MD; a "
+               "walker collapses when a bond deviates more than 0.5 Å from its mean length in the "
+               "reference; stability: median time to collapse; survival: fraction that never "
+               "collapsed; h(r) error: MAE of the distance histogram against the reference (± std "
+               "over walkers). Profile: MAE of relative energies along the spec's path, and the "
+               "barrier (max − min) error.", png)
 
 
 def _parity_panel(ax, ev: dict[str, Any], lims: tuple[float, float], log: bool,
@@ -1026,7 +1042,7 @@ def _generation_table(data: Data) -> str:
                  None if cpu is None else f"{float(cpu) / 3600:.3f}",
                  g["n_accurate"], g["n_candidate"], g["n_failed"], g["n_selected"], trust,
                  e.get("force_mae"), e.get("energy_mae"), e.get("calibration_scale"), e.get("spearman"),
-                 e.get("stability_time_fs"), e.get("hr_error"), g["started_at"], _duration(g)]
+                 e.get("stability_median_fs"), e.get("hr_error"), g["started_at"], _duration(g)]
         rows.append("<tr>" + "".join(f'<td class="{"text" if k == 1 else ""}">{_e(_fmt(v))}</td>'
                                      for k, v in enumerate(cells)) + "</tr>")
         if g["stop_reason"]:

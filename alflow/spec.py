@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
@@ -310,24 +310,44 @@ class EvaluationSpec(Strict):
     # ones every generation) to measure error comparably across generations.
     test_fraction: FiniteFloat = Field(0.2, ge=0, lt=1)
     label_batch_size: int = Field(4, ge=1, description="geometries per oracle task")
+    # Frames drawn (evenly, after validation.equilibration_frames) from the validation's
+    # reference trajectory, labelled once by the oracle and held out in every generation:
+    # a test set of what MD at the validation temperature visits (needs validation.enabled).
+    reference_md_frames: int = Field(0, ge=0)
+    # A file of geometries along a path (torsion scan, inversion, reaction path), in order:
+    # labelled once, never trained on; every generation records the MAE of relative
+    # energies along it and the barrier error (max - min).
+    profile: GeometrySource | None = None
+
+
+REFERENCE_SAVE_EVERY = 10  # steps between the kept frames of a validation reference trajectory
 
 
 class ValidationSpec(Strict):
-    """Per-generation NN-MD validation: stability time and h(r) error (see validation.py)."""
+    """Per-generation NN-MD validation in the protocol of Fu et al. (TMLR 2023), see
+    `alflow.validation`: `walkers` batched NN-MD runs from distinct frames of a reference
+    trajectory, collapse when a bond (natural cutoffs, first reference frame) deviates more
+    than `collapse_threshold` Å from its reference mean, h(r) on 500 bins of (0, 10] Å."""
 
     enabled: bool = False
     temperature_K: FiniteFloat = Field(500.0, gt=0)
     timestep_fs: FiniteFloat = Field(0.5, gt=0)
-    steps: int = Field(1000, ge=1)
-    starts: int = Field(2, ge=1, description="validation starts: the first held-out geometries")
-    bond_guard: FiniteFloat = Field(0.5, gt=0)
+    friction_per_fs: FiniteFloat = Field(0.01, ge=0)
+    steps: int = Field(1000, ge=1, description="steps of each NN-MD walker")
+    walkers: int = Field(8, ge=1, description="NN-MD walkers, each from its own reference frame")
+    collapse_threshold: FiniteFloat = Field(0.5, gt=0, description="Å from the reference mean bond length")
     min_distance: FiniteFloat = Field(0.6, gt=0)
-    # reference trajectory for h(r): an ASE calculator name ("tblite", "emt", ...), the
-    # campaign's own "oracle" (ASE oracles only), or None for stability time alone
-    reference: str | None = "tblite"
+    # the reference trajectory: an ASE calculator name ("tblite", "emt", ...) or the
+    # campaign's own "oracle" (any kind: PySCF too, where affordable); it starts from the
+    # initial geometry with the smallest content hash and is cached by content
+    reference: str = "tblite"
     reference_settings: dict[str, Any] = Field(default_factory=dict)
-    r_max: FiniteFloat = Field(6.0, gt=0)
-    bins: int = Field(60, ge=5)
+    reference_steps: int | None = Field(None, ge=1, description="None: as long as a walker's run")
+    reference_seed: int = Field(0, ge=0, lt=2**63, description="not the campaign seed: shared across seeds")
+    # leading reference frames (every 10 steps) not used as walker starts or test frames
+    equilibration_frames: int = Field(0, ge=0)
+    r_max: FiniteFloat = Field(10.0, gt=0)
+    bins: int = Field(500, ge=5)
 
 
 class CampaignSpec(Strict):
@@ -383,15 +403,20 @@ class CampaignSpec(Strict):
         return self
 
     @model_validator(mode="after")
-    def _reference_oracle_is_ase(self) -> CampaignSpec:
-        # the reference MD runs the oracle as an ASE calculator: a PySCF or analytic oracle
-        # would fail only after generation 0 has been labelled and trained
-        if self.validation.enabled and self.validation.reference == "oracle" and self.oracle.kind != "ase":
-            raise ValueError(
-                f"field 'validation.reference': 'oracle' runs the reference MD with the campaign's "
-                f"oracle, which must then be an ASE oracle (this one is {self.oracle.kind!r}); name an "
-                f"ASE calculator such as 'tblite' or 'emt', or null for stability time alone"
-            )
+    def _reference_md_frames_need_validation(self) -> CampaignSpec:
+        v, n = self.validation, self.evaluation.reference_md_frames
+        if n and not v.enabled:
+            raise ValueError("field 'evaluation.reference_md_frames': frames come from the validation's "
+                             "reference trajectory; set validation.enabled: true (or reference_md_frames: 0)")
+        if v.enabled:
+            frames = (v.reference_steps or v.steps) // REFERENCE_SAVE_EVERY + 1 - v.equilibration_frames
+            for field_name, wanted in (("validation.walkers", v.walkers),
+                                       ("evaluation.reference_md_frames", n + 1)):
+                if wanted > frames:
+                    raise ValueError(
+                        f"field '{field_name}': the reference trajectory keeps {frames} frames after "
+                        f"equilibration (one every {REFERENCE_SAVE_EVERY} of validation.reference_steps), "
+                        f"too few for {wanted - (field_name != 'validation.walkers')}; make it longer")
         return self
 
     @property
@@ -410,6 +435,7 @@ class LoadedSpec:
     sha256: str
     path: Path
     labels: tuple = ()  # alflow.imported_labels.LabelFile per initial_labels entry
+    profile: list[Atoms] = field(default_factory=list)  # evaluation.profile's geometries, in order
 
 
 def spec_json(spec: CampaignSpec) -> str:
@@ -456,8 +482,17 @@ def load_spec(path: str | Path) -> LoadedSpec:
     from alflow.imported_labels import read_label_files
 
     labels = read_label_files(spec, path.parent, geometries, source)
+    profile: list[Atoms] = []
+    if spec.evaluation.profile is not None:
+        try:
+            profile = read_geometries(spec.evaluation.profile, path.parent)
+        except InputError as exc:
+            raise InputError(f"field 'evaluation.profile': {exc}", source=source) from None
+        if len(profile) < 2:
+            raise InputError(f"field 'evaluation.profile': a path needs at least 2 geometries, "
+                             f"the file has {len(profile)}", source=source)
     return LoadedSpec(spec=spec, geometries=geometries, sha256=spec_sha256(spec), path=path,
-                      labels=tuple(labels))
+                      labels=tuple(labels), profile=profile)
 
 
 def load_spec_text(text: str, source: str = "<spec>") -> CampaignSpec:

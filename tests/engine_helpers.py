@@ -61,7 +61,7 @@ def write_spec(tmp_path: Path, name: str, *, oracle: dict | None = None, generat
         "stopping": {"max_generations": generations},
         "evaluation": {"test_fraction": 0.25, "label_batch_size": label_batch_size},
         "validation": {"enabled": True, "temperature_K": 300, "timestep_fs": 2.0, "steps": 40,
-                       "starts": 1, "reference": "emt"},
+                       "walkers": 2, "reference": "emt"},
         "site": "local",
     }
     p = tmp_path / f"{name}.yaml"

@@ -56,7 +56,7 @@ def _spec(path: Path, name: str, validation: bool, geometry_seed: int) -> Path:
         "stopping": {"max_generations": GENERATIONS},
         "evaluation": {"test_fraction": 0.3, "label_batch_size": 2},
         "validation": {"enabled": validation, "temperature_K": 300, "timestep_fs": 2.0, "steps": 40,
-                       "starts": 2, "reference": "emt"},
+                       "walkers": 2, "reference": "emt"},
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

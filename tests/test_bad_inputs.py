@@ -212,12 +212,12 @@ CASES = [
          "field 'oracle.basis': basis set '6-31g' has no functions for element Au"),
     Case("pyscf-basis-100k-characters", _validate(lambda w: w.water_spec(basis="x" * 100_000)),
          "(100,000 characters)"),
-    Case("reference-oracle-with-pyscf",
+    Case("reference-md-frames-without-validation",
          _validate(lambda w: w.spec_text(
              "name: w\ninitial_geometries: [{path: water.xyz}]\noracle: {kind: pyscf}\n"
-             "samplers: [{kind: random}]\nvalidation: {enabled: true, reference: oracle}\n",
+             "samplers: [{kind: random}]\nevaluation: {reference_md_frames: 4}\n",
              {"water.xyz": WATER_XYZ})),
-         "field 'validation.reference': 'oracle' runs the reference MD with the campaign's oracle"),
+         "field 'evaluation.reference_md_frames': frames come from the validation's reference trajectory"),
     Case("reference-unknown-calculator", _validate(lambda w: w.cu_spec(_set("validation.reference", "nosuchcalc"))),
          "field 'validation.reference': unknown calculator 'nosuchcalc'"),
     Case("reference-unknown-setting",

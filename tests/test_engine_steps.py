@@ -501,3 +501,62 @@ def test_one_seed_gives_one_campaign_however_labelling_is_batched(tmp_path):
                 "JOIN geometry g ON g.id = s.geometry_id JOIN generation n ON n.id = r.generation_id "
                 "WHERE n.idx = :i AND s.selected AND r.kind <> 'initial'"), {"i": i}).scalars()) for i in range(2)])
     assert all(runs[0]) and runs[0] == runs[1]
+
+
+def test_reference_md_test_set_and_profile_are_labelled_once_never_trained_and_reported(tmp_path, sqlite_url):
+    """Validation in the Fu et al. protocol through the engine: the reference-MD test set
+    and the profile path are labelled in generation 0, held out of every training set (in
+    the database), and `alflow query errors` returns every figure per generation."""
+    import json
+
+    from ase.io import write
+    from engine_helpers import cu_geometries, write_spec
+    from typer.testing import CliRunner
+
+    from alflow.cli import app
+
+    path = write_spec(tmp_path, "cu_protocol", generations=2, max_epochs=5)
+    base = cu_geometries(tmp_path / "base.extxyz", n=1, seed=5)
+    from ase.io import read
+
+    a0 = read(base)
+    frames = []
+    for f in np.linspace(0.94, 1.08, 7):  # a breathing path through the minimum
+        a = a0.copy()
+        a.positions = a0.positions.mean(0) + f * (a0.positions - a0.positions.mean(0))
+        frames.append(a)
+    write(tmp_path / "path.extxyz", frames, format="extxyz")
+    spec = yaml.safe_load(path.read_text())
+    spec["evaluation"].update(reference_md_frames=4, test_fraction=0.0,
+                              profile={"path": str(tmp_path / "path.extxyz"), "multiplicity": 2})
+    spec["validation"].update(walkers=8, steps=30, reference_steps=200, reference="oracle")
+    path.write_text(yaml.safe_dump(spec))
+    upgrade(sqlite_url)
+    create_campaign(load_spec(path), sqlite_url, site="inline", workdir=tmp_path / "run")
+    ctx, scheduler = inline(sqlite_url, "cu_protocol")
+    run(ctx, scheduler)
+    with get_engine(sqlite_url).connect() as c:
+        held = dict(c.execute(sa.text(
+            "SELECT origin, COUNT(*) FROM geometry g JOIN label l ON l.geometry_id = g.id "
+            "WHERE l.status = 'ok' AND origin IN ('reference-md', 'profile') GROUP BY origin")).all())
+        assert held == {"reference-md": 4, "profile": 7}
+        # labelled once (generation 0), however many generations evaluated on them
+        assert c.execute(sa.text(
+            "SELECT COUNT(*) FROM label l JOIN geometry g ON g.id = l.geometry_id "
+            "WHERE origin IN ('reference-md', 'profile')")).scalar_one() == 11
+        splits = c.execute(sa.text(
+            "SELECT DISTINCT tsl.split FROM training_set_label tsl JOIN label l ON l.id = tsl.label_id "
+            "JOIN geometry g ON g.id = l.geometry_id WHERE g.origin IN ('reference-md', 'profile')")).all()
+        assert splits == [("test",)]  # recorded with every training set, never as train or val
+        n_sets = c.execute(sa.text("SELECT COUNT(*) FROM training_set")).scalar_one()
+        assert n_sets == 2
+    result = CliRunner().invoke(app, ["query", "errors", "--db", sqlite_url, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.stdout) if r["eval_set"] == "test"]
+    assert [r["generation"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["n_frames"] == 4  # the reference-MD frames are the held-out set
+        for k in ("force_mae", "energy_mae", "calibration_scale", "stability_median_fs",
+                  "survival_fraction", "hr_error", "hr_error_std", "profile_mae", "barrier_error"):
+            assert r[k] is not None, k
+        assert 0.0 <= r["survival_fraction"] <= 1.0 and r["profile_mae"] >= 0

@@ -382,16 +382,14 @@ def test_seed_and_grid_level_ranges(spec_dir):
     assert "field 'oracle.grid_level'" in error_of(write_spec(spec_dir, data))
 
 
-def test_reference_oracle_needs_an_ase_oracle(spec_dir):
+def test_reference_oracle_is_any_oracle_and_reference_md_frames_need_validation(spec_dir):
     data = base_spec()
-    data["validation"] = {"enabled": True, "reference": "oracle"}
-    message = error_of(write_spec(spec_dir, data))
-    assert "field 'validation.reference'" in message and "'pyscf'" in message
-    data["validation"]["enabled"] = False  # unused when validation is off
-    load_spec(write_spec(spec_dir, data))
-    data["validation"]["enabled"] = True
-    data["oracle"] = {"kind": "ase", "calculator": "emt"}
+    data["validation"] = {"enabled": True, "reference": "oracle"}  # PySCF runs the reference MD
     assert load_spec(write_spec(spec_dir, data)).spec.validation.reference == "oracle"
+    data["validation"]["enabled"] = False
+    data["evaluation"] = {"reference_md_frames": 4}
+    message = error_of(write_spec(spec_dir, data))
+    assert "field 'evaluation.reference_md_frames'" in message and "validation.enabled" in message
 
 
 def sparse_molecule(n: int = 10_000, spacing: float = 1.5, seed: int = 0) -> Atoms:

@@ -276,8 +276,13 @@ class ModelEval(Base):
     calibration_scale: Mapped[float | None] = mapped_column(Float)
     spearman: Mapped[float | None] = mapped_column(Float)
     miscalibration_area: Mapped[float | None] = mapped_column(Float)
-    stability_time_fs: Mapped[float | None] = mapped_column(Float)
-    hr_error: Mapped[float | None] = mapped_column(Float)
+    stability_time_fs: Mapped[float | None] = mapped_column(Float)  # median over walkers
+    hr_error: Mapped[float | None] = mapped_column(Float)  # mean over walkers
+    stability_iqr_fs: Mapped[float | None] = mapped_column(Float)
+    survival_fraction: Mapped[float | None] = mapped_column(Float)
+    hr_error_std: Mapped[float | None] = mapped_column(Float)
+    profile_mae: Mapped[float | None] = mapped_column(Float)  # eV, relative energies along the path
+    barrier_error: Mapped[float | None] = mapped_column(Float)  # eV, predicted − reference
     details: Mapped[dict[str, Any] | None]
     created_at: Mapped[dt.datetime] = _created()
 

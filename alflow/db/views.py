@@ -71,10 +71,29 @@ VIEWS_V1: dict[str, str] = {
     """,
 }
 
+# v2 (migration "validation_protocol"): the errors view also returns the walkers' spread and
+# survival and the profile errors.
+VIEWS_V2: dict[str, str] = {
+    **VIEWS_V1,
+    "v_error_vs_generation": """
+        SELECT c.name AS campaign, g.idx AS generation, me.eval_set, me.n_frames,
+               me.energy_mae, me.force_mae, me.force_rmse, me.calibration_scale,
+               me.spearman, me.miscalibration_area,
+               me.stability_time_fs AS stability_median_fs, me.stability_iqr_fs,
+               me.survival_fraction, me.hr_error, me.hr_error_std,
+               me.profile_mae, me.barrier_error
+        FROM model_eval me
+        JOIN generation g ON g.id = me.generation_id
+        JOIN campaign c ON c.id = g.campaign_id
+        WHERE me.model_id IS NULL
+    """,
+}
+
 # name used on the command line -> (view, ORDER BY, what it answers)
 NAMED_QUERIES: dict[str, tuple[str, str, str]] = {
     "errors": ("v_error_vs_generation", "campaign, generation",
-               "held-out force/energy error of the ensemble per generation"),
+               "held-out force/energy error, calibration, NN-MD stability (median, survival), "
+               "h(r) error and profile errors of the ensemble per generation"),
     "oracle-cost": ("v_oracle_cost", "campaign, generation",
                     "oracle calls, failures and CPU/wall seconds per generation"),
     "training-labels": ("v_training_labels", "campaign, generation, label_id",

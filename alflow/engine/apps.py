@@ -116,15 +116,23 @@ def evaluate(req: EvaluateRequest, env: Envelope) -> Evaluation:
         result = evaluate_ensemble(ens, test.atoms, test.energies, test.forces)
     fit = load_frames(req.fit_dataset)
     sigma_train = tuple(float(x) for x in ens.predict(fit.atoms).sigma_f)
-    return Evaluation(result, sigma_train, Timing.since(started))
+    profile = None
+    if req.profile_dataset is not None:
+        from alflow.validation import profile_errors
+
+        path = load_frames(req.profile_dataset)
+        profile = profile_errors(ens.predict(path.atoms).energy, path.energies)
+    return Evaluation(result, sigma_train, Timing.since(started), profile)
 
 
 def validate(req: ValidateRequest, env: Envelope) -> Validation:
     started = time.time()
     from alflow import validation
 
-    report = validation.validate(_ensemble(req.ensemble), req.starts, req.settings,
-                                 rng_seed=req.rng_seed, cache_dir=req.cache_dir)
+    reference = validation.campaign_reference(req.reference_start, req.settings, req.oracle,
+                                              cache_dir=req.cache_dir)
+    report = validation.validate(_ensemble(req.ensemble), reference, req.settings,
+                                 rng_seed=req.rng_seed, template=req.reference_start)
     return Validation(report, Timing.since(started))
 
 

@@ -24,6 +24,12 @@ from alflow.engine.results import EnsembleRef
 from alflow.spec import CampaignSpec
 
 
+# origins of geometries recorded only to evaluate on (`create.py`): held out in every generation
+REFERENCE_MD_ORIGIN = "reference-md"
+PROFILE_ORIGIN = "profile"
+HELD_OUT_ORIGINS = frozenset({REFERENCE_MD_ORIGIN, PROFILE_ORIGIN})
+
+
 def key(*parts: Any) -> str:
     """A stable sha256 of JSON-able parts: idempotency keys and seeds."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -94,6 +100,8 @@ class CampaignContext:
         """'test' (held out for evaluation: initial geometries only), 'val' or 'train'."""
         from alflow.potentials.split import in_test_set, in_validation
 
+        if geo.origin in HELD_OUT_ORIGINS:
+            return "test"  # the reference-MD test set and the profile path: never trained on
         if geo.origin.startswith("initial") and in_test_set(geo.content_hash, self.spec.evaluation.test_fraction):
             return "test"
         return "val" if in_validation(geo.content_hash, self.spec.training.val_fraction) else "train"
@@ -115,6 +123,26 @@ class CampaignContext:
             .where(m.Label.method_id.in_((self.method_id, *self.label_method_ids)), m.Label.status == "ok",
                    m.Label.geometry_id.in_(self.chosen_geometries()))
             .order_by(m.Geometry.content_hash)).all()]
+
+    def initial_geometries(self, s: Session, reason: str | None = None) -> list[m.Geometry]:
+        """Geometries the campaign recorded at creation (selected; with `reason`, only those
+        so recorded, e.g. "profile"), in the order they were recorded."""
+        q = (sa.select(m.Geometry).join(m.Sample, m.Sample.geometry_id == m.Geometry.id)
+             .join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
+             .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
+             .where(m.Generation.campaign_id == self.id, m.SamplingRun.kind == "initial",
+                    m.Sample.selected.is_(True)).order_by(m.Sample.id))
+        if reason is not None:
+            q = q.where(m.Sample.reason == reason)
+        return list(s.scalars(q))
+
+    def reference_start(self, s: Session):
+        """Where the validation's reference trajectory starts: the campaign's starting
+        geometry with the smallest content hash (as `create.py` chose it)."""
+        from alflow.geometry import atoms_hash
+
+        atoms = [self.atoms(g) for g in self.initial_geometries(s) if g.origin.startswith("initial")]
+        return min(atoms, key=atoms_hash)
 
     def oracle_calls(self, s: Session) -> int:
         """Labels (ok or failed) made by this campaign's tasks: the oracle budget's count."""

@@ -19,9 +19,34 @@ from alflow.db import models as m
 from alflow.db import writers
 from alflow.db.session import session_factory
 from alflow.engine import queue
+from alflow.engine.context import PROFILE_ORIGIN, REFERENCE_MD_ORIGIN
 from alflow.engine.states import GenState
 from alflow.errors import InputError
 from alflow.spec import LoadedSpec, spec_json
+
+
+def _held_out(loaded: LoadedSpec, workdir: str | Path) -> list[tuple]:
+    """(Atoms, origin, reason) of the frames recorded only to evaluate on, labelled in
+    generation 0 and never trained on (`CampaignContext.split`): `evaluation.reference_md_frames`
+    frames of the validation's reference trajectory (run here once, cached by content in
+    the run directory, where the validate step finds it), then the profile path in order."""
+    from alflow.geometry import atoms_hash
+
+    spec = loaded.spec
+    out = []
+    n = spec.evaluation.reference_md_frames
+    if n:
+        from alflow.validation import campaign_reference
+
+        start = min(loaded.geometries, key=atoms_hash)
+        ref = campaign_reference(start, spec.validation, spec.oracle,
+                                 cache_dir=Path(workdir) / "validation-reference")
+        # between the walkers' starts (which are frame_indices(walkers)): other frames
+        for k in ref.frame_indices(n, skip=spec.validation.equilibration_frames + 1):
+            out.append((ref.atoms(int(k), start), REFERENCE_MD_ORIGIN, "evaluation: reference MD"))
+    for atoms in loaded.profile:
+        out.append((atoms, PROFILE_ORIGIN, "profile"))
+    return out
 
 
 def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: str | Path) -> int:
@@ -30,6 +55,7 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
 
     spec = loaded.spec
     Session = session_factory(url)
+    held_out = _held_out(loaded, workdir)  # a reference MD may take minutes: outside the transaction
     with Session.begin() as s:
         if s.scalar(sa.select(m.Campaign.id).where(m.Campaign.name == spec.name)) is not None:
             raise InputError(
@@ -69,6 +95,12 @@ def create_campaign(loaded: LoadedSpec, url: str, *, site: str | None, workdir: 
                                 "carve_map": np.asarray(cl.source_indices, dtype=np.int64)})
                 edges.append({"child_id": cid, "parent_id": gid, "relation": "carved",
                               "sampling_run_id": run.id, "info": {"centre": int(cl.centre)}})
+        for atoms, origin, reason in held_out:
+            gid = writers.write_geometries(s, [writers.geometry_row(atoms, origin)])[0]
+            if gid in seen:
+                continue
+            seen.add(gid)
+            samples.append({"sampling_run_id": run.id, "geometry_id": gid, "selected": True, "reason": reason})
         if samples:
             s.execute(sa.insert(m.Sample), samples)
         if edges:

@@ -51,7 +51,7 @@ def _check_reference(loaded: LoadedSpec) -> None:
 
     v = loaded.spec.validation
     if not v.enabled or v.reference in (None, "oracle") or not loaded.geometries:
-        return  # 'oracle': the spec refuses it for non-ASE oracles; the oracle is checked above
+        return  # 'oracle': the campaign's oracle, checked above
     problem = settings_problem(v.reference, v.reference_settings, loaded.geometries[0])
     if problem:
         field = "validation.reference" if problem.field == "calculator" else "validation.reference_settings"

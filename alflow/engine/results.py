@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # annotations only: the orchestrator need not import torch to
     from alflow.sampling.base import Candidate
     from alflow.sampling.md import WalkerRecord
     from alflow.spec import CarvingSpec, ModelSpec, SamplerSpec, TrainingSpec, ValidationSpec
-    from alflow.validation import ValidationReport
+    from alflow.validation import ProfileErrors, ValidationReport
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,15 @@ class EvaluateRequest:
     ensemble: EnsembleRef
     test_dataset: str | None  # held-out frames (None: the campaign has none)
     fit_dataset: str  # the frames it was trained on: their σ_F sets percentile thresholds
+    profile_dataset: str | None = None  # evaluation.profile's frames, in path order
 
 
 @dataclass(frozen=True, eq=False)
 class ValidateRequest:
     ensemble: EnsembleRef
-    starts: tuple[Atoms, ...]
-    settings: ValidationSpec  # reference already resolved to an ASE calculator name
+    reference_start: Atoms  # where the reference trajectory starts
+    settings: ValidationSpec
+    oracle: Any  # the campaign's oracle spec (settings.reference == "oracle" runs it)
     cache_dir: str
     rng_seed: int
 
@@ -155,6 +157,7 @@ class Evaluation:
     evaluation: EnsembleEvaluation | None  # on the held-out frames
     sigma_f_train: tuple[float, ...]  # σ_F of each frame the ensemble was trained on
     timing: Timing
+    profile: ProfileErrors | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from alflow.db import models as m
 from alflow.db import writers
-from alflow.engine.context import CampaignContext, key, seed_of
+from alflow.engine.context import PROFILE_ORIGIN, CampaignContext, key, seed_of
 from alflow.engine.datasets import Frames, save_frames
 from alflow.engine.results import Outcome, TrainRequest
 from alflow.engine.scheduler import WorkItem
@@ -70,13 +70,27 @@ def training_set(ctx: CampaignContext, gen: m.Generation) -> tuple[int, Path, Pa
             rows = [r for r in rows if r[0].id in frozen]
             splits = [frozen[lab.id] for lab, _ in rows]
         fit = [r for r, sp in zip(rows, splits, strict=True) if sp != "test"]
-        test = [r for r, sp in zip(rows, splits, strict=True) if sp == "test"]
+        test = [r for r, sp in zip(rows, splits, strict=True)
+                if sp == "test" and r[1].origin != PROFILE_ORIGIN]
         if not fit:
             raise InputError("no successful labels to train on (every label failed or was held out)",
                              source=f"campaign {ctx.name}")
         d = ctx.gen_dir(gen)
         return (ts.id, save_frames(d / "train.npz", _frames(ctx, fit)),
                 save_frames(d / "test.npz", _frames(ctx, test)), len(test))
+
+
+def profile_set(ctx: CampaignContext, gen: m.Generation) -> Path | None:
+    """`gen-NNN/profile.npz`: the profile path's labelled frames in path order, or None
+    (no profile, or a point of it has no successful label: a path with a hole is no path)."""
+    with ctx.Session() as s:
+        path = ctx.initial_geometries(s, reason="profile")
+        if not path:
+            return None
+        by_geo = {geo.id: (lab, geo) for lab, geo in ctx.labels(s) if geo.origin == PROFILE_ORIGIN}
+        if any(g.id not in by_geo for g in path):
+            return None
+        return save_frames(ctx.gen_dir(gen) / "profile.npz", _frames(ctx, [by_geo[g.id] for g in path]))
 
 
 def plan(ctx: CampaignContext, gen: m.Generation) -> list[WorkItem]:

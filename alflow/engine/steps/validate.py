@@ -1,9 +1,11 @@
-"""Validate: NN-MD with the generation's ensemble from fixed starts (the held-out geometries,
-else the initial ones): stability time and h(r) error against a cached reference run
-(`alflow.validation`). With `validation.reference: oracle` the campaign's own ASE
-calculator runs the reference. Nothing waits for it: the campaign goes on to sampling, and
-the result is recorded whenever it arrives (on the site's `validate` executor where it has
-one, so it does not take the sampler's worker either).
+"""Validate: `validation.walkers` NN-MD runs with the generation's ensemble from distinct
+frames of the campaign's reference trajectory (`alflow.validation`, Fu et al. protocol):
+median stability time, survival fraction and h(r) error, with their spread. The reference
+trajectory (cached by content; `validation.reference: oracle` runs the campaign's own
+oracle) starts from the starting geometry with the smallest content hash. Nothing waits
+for it: the campaign goes on to sampling, and the result is recorded whenever it arrives
+(on the site's `validate` executor where it has one, so it does not take the sampler's
+worker either).
 """
 
 from __future__ import annotations
@@ -18,27 +20,14 @@ from alflow.engine.results import Outcome, ValidateRequest, jsonable
 from alflow.engine.scheduler import WorkItem
 
 
-def _settings(ctx: CampaignContext):
-    v = ctx.spec.validation
-    if v.reference != "oracle":
-        return v
-    oracle = ctx.spec.oracle  # an ASE oracle: the spec refuses "oracle" for any other kind
-    return v.model_copy(update={"reference": oracle.calculator, "reference_settings": dict(oracle.settings)})
-
-
 def plan(ctx: CampaignContext, gen: m.Generation) -> list[WorkItem]:
     v = ctx.spec.validation
     if not v.enabled:
         return []
     with ctx.Session() as s:
         ref, _ = ctx.ensemble(s, gen.id)
-        rows = ctx.labels(s)
-        test = [geo for _, geo in rows if ctx.split(geo) == "test"]
-        pool = test or [geo for _, geo in rows if geo.origin == "initial"]
-        starts = tuple(ctx.atoms(g) for g in pool[: v.starts])
-    if not starts:
-        return []
-    request = ValidateRequest(ref, starts, _settings(ctx), str(ctx.workdir / "validation-reference"),
+        start = ctx.reference_start(s)
+    request = ValidateRequest(ref, start, v, ctx.spec.oracle, str(ctx.workdir / "validation-reference"),
                               ctx.spec.seed)
     return [WorkItem(kind="validate", role=ctx.validate_role, key=key("validate", gen.id, ref.sha256s),
                      request=request, generation_id=gen.id)]
@@ -52,9 +41,14 @@ def record(s: Session, ctx: CampaignContext, gen: m.Generation, item: WorkItem, 
     if row is None:
         row = m.ModelEval(generation_id=gen.id, model_id=None, eval_set="validation-md", n_frames=0)
         s.add(row)
-    row.stability_time_fs = report.stability_time_fs
+    row.stability_time_fs = report.stability_median_fs
+    row.stability_iqr_fs = report.stability_iqr_fs
+    row.survival_fraction = report.survival_fraction
     row.hr_error = report.hr_error
-    row.details = {**(row.details or {}), "validation": jsonable([asdict(r) for r in report.starts])}
+    row.hr_error_std = report.hr_error_std
+    row.details = {**(row.details or {}), "validation": jsonable({
+        "run_fs": report.run_fs, "reference": report.reference,
+        "reference_sha256": report.reference_sha256, "walkers": [asdict(w) for w in report.walkers]})}
 
 
 def finish(ctx: CampaignContext, gen: m.Generation) -> None:
