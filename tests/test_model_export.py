@@ -261,11 +261,16 @@ def test_md_feed_queues_flagged_frames_and_resume_labels_them(campaign, tmp_path
     assert r.returncode == 0, r.stderr
     with get_engine(fed).connect() as c:
         run = c.execute(sa.select(m.SamplingRun).where(m.SamplingRun.kind == "production-md")).one()
-        flagged = c.execute(sa.select(m.Sample.geometry_id).where(m.Sample.sampling_run_id == run.id)).scalars().all()
+        samples = c.execute(sa.select(m.Sample.geometry_id, m.Sample.selected, m.Sample.reason)
+                            .where(m.Sample.sampling_run_id == run.id)).all()
         queued = c.execute(sa.text("SELECT COUNT(*) FROM label_queue q JOIN sample s ON s.id = q.sample_id "
                                    "WHERE q.status = 'queued' AND s.sampling_run_id = :r"), {"r": run.id}).scalar_one()
-    assert len(flagged) >= 1 and queued == len(flagged)
-    assert f"{len(flagged)} queued as candidates of {NAME}" in r.stdout
+        cap = c.execute(sa.select(m.Campaign.spec)).scalar_one()["selection"]["max_per_generation"]
+    flagged = [g for g, sel, _ in samples if sel]
+    # the campaign's selection chose among the flagged frames: deduped, capped, each verdict kept
+    assert 1 <= len(flagged) <= cap and queued == len(flagged)
+    assert all(reason.startswith("production-md flagged; ") for _, sel, reason in samples if not sel)
+    assert f"{queued} queued as candidates of {NAME}" in r.stdout
     assert run.params["threshold_eV_A"] == 0.05 and run.model_generation_id is not None
     extend_campaign(fed, NAME, max_generations=3)
     assert inline_run(fed, NAME) == "max_generations reached (3)"
