@@ -504,7 +504,7 @@ def md(
     friction: float = typer.Option(0.01, "--friction", help="Langevin friction, 1/fs (NVT)."),
     save_every: int = typer.Option(1, "--save-every", min=1, help="Write every N-th step (flagged steps always)."),
     max_uncertainty: float | None = typer.Option(
-        None, "--max-uncertainty", help="Calibrated σ_F threshold, eV/Å (default: the campaign's trust_hi)."),
+        None, "--max-uncertainty", help="Calibrated σ_F threshold, eV/Å (default: the model generation's trust_hi)."),
     on_uncertain: str = typer.Option("stop", "--on-uncertain", help="stop or flag, at the threshold."),
     bond_guard: float = typer.Option(0.5, "--bond-guard", help="Stop when a bond leaves its start length by this (Å)."),
     feed: str | None = typer.Option(None, "--feed", help="Record flagged frames as candidates of this campaign."),
@@ -567,7 +567,7 @@ def md(
             check_elements(atoms.numbers, ens.elements)
         except ValueError as exc:
             raise InputError(str(exc), source=start) from None
-        threshold = max_uncertainty
+        threshold = max_uncertainty if max_uncertainty is not None else info.get("trust_hi")
         if threshold is None and (campaign or feed):
             from alflow.db.session import session_factory
 

@@ -302,3 +302,23 @@ def test_md_bad_input_exits_2_and_writes_nothing(campaign, exported, tmp_path):
                        "--steps", "2", cwd=d)
         assert r.returncode == 2 and needle in " ".join(r.stderr.split()), (args, r.stderr)
         assert not traj.exists()
+
+
+def test_an_export_carries_its_threshold_and_md_defaults_to_it(campaign, exported, tmp_path):
+    """Without --max-uncertainty, md on an export stops at the exported generation's own
+    trust_hi (calibrated eV/Å), as it does for a recorded campaign."""
+    import sqlalchemy as sa
+
+    from alflow.db import models as m
+    from alflow.db.session import get_engine
+
+    d, url = campaign
+    out, manifest = exported
+    with get_engine(url).connect() as c:
+        trust_hi = c.execute(sa.select(m.Generation.trust_hi).where(
+            m.Generation.idx == manifest["generation"])).scalar_one()
+    assert trust_hi is not None and manifest["trust_hi_eV_A"] == pytest.approx(trust_hi)
+    r = run_alflow("md", str(start_file(tmp_path / "s.xyz")), "--model", str(out), "-o", str(tmp_path / "t.traj"),
+                   "--steps", "2", "--multiplicity", "2", "-q", cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert f"σ_cal {trust_hi:.3g} eV/Å" in r.stdout

@@ -56,6 +56,7 @@ class GenerationModels:
     hr_error: float | None
     training_set_sha256: str | None
     training_set_sizes: dict[str, int] | None
+    trust_hi: float | None = None  # the generation's resolved threshold, calibrated σ_F (eV/Å)
 
 
 def _campaign(s, name: str) -> m.Campaign:
@@ -95,7 +96,8 @@ def generations(url: str, name: str) -> tuple[m.Campaign, list[GenerationModels]
                 hr_error=None if ens is None else ens.hr_error,
                 training_set_sha256=None if ts is None else ts.sha256,
                 training_set_sizes=None if ts is None else {
-                    "train": ts.n_train, "val": ts.n_val, "test": ts.n_test}))
+                    "train": ts.n_train, "val": ts.n_val, "test": ts.n_test},
+                trust_hi=g.trust_hi))
         return camp, out
 
 
@@ -243,6 +245,7 @@ def export_model(url: str, name: str, which: str | int, out_dir: str | Path, *,
             "elements": first.elements,
             "energy_reference_eV_per_atom": first.config["energy_reference"],
             "calibration_scale": gen.calibration_scale,
+            "trust_hi_eV_A": gen.trust_hi,  # `alflow md`'s default threshold (calibrated σ_F)
             "heldout": {"force_mae": gen.force_mae, "energy_mae_per_atom": gen.energy_mae,
                         "n_frames": gen.n_test, "members_val_force_mae": gen.val_force_mae},
             "validation": {"stability_time_fs": gen.stability_time_fs, "hr_error": gen.hr_error},
@@ -313,7 +316,7 @@ def load_ensemble(source: str | Path, name: str | None = None, generation: str |
         camp, gens = generations(source_s, name)
         gen, how = choose(gens, generation, name)
         members = _members(camp, gen)
-        info = {"campaign": name, "generation": gen.idx, "chosen_by": how}
+        info = {"campaign": name, "generation": gen.idx, "chosen_by": how, "trust_hi": gen.trust_hi}
         return Ensemble(members, **ensemble_kw), gen.calibration_scale, info
     root, manifest = read_manifest(source)
     try:
@@ -322,6 +325,7 @@ def load_ensemble(source: str | Path, name: str | None = None, generation: str |
     except CheckpointError as exc:
         raise InputError(str(exc), source=str(root)) from None
     info = {k: manifest.get(k) for k in ("campaign", "generation", "chosen_by")}
+    info["trust_hi"] = manifest.get("trust_hi_eV_A")
     return Ensemble(members, **ensemble_kw), manifest.get("calibration_scale"), info
 
 
