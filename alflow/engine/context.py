@@ -138,10 +138,17 @@ class CampaignContext:
 
     def reference_start(self, s: Session):
         """Where the validation's reference trajectory starts: the campaign's starting
-        geometry with the smallest content hash (as `create.py` chose it)."""
+        geometry with the smallest content hash, or, for a campaign started from labelled
+        files alone, the imported geometry with the smallest (as `create.py` chose it)."""
         from alflow.geometry import atoms_hash
 
         atoms = [self.atoms(g) for g in self.initial_geometries(s) if g.origin.startswith("initial")]
+        if not atoms:
+            atoms = [self.atoms(g) for g in s.scalars(
+                sa.select(m.Geometry).join(m.Sample, m.Sample.geometry_id == m.Geometry.id)
+                .join(m.SamplingRun, m.SamplingRun.id == m.Sample.sampling_run_id)
+                .join(m.Generation, m.Generation.id == m.SamplingRun.generation_id)
+                .where(m.Generation.campaign_id == self.id, m.SamplingRun.kind == "initial-labels"))]
         return min(atoms, key=atoms_hash)
 
     def oracle_calls(self, s: Session) -> int:

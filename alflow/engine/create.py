@@ -38,7 +38,8 @@ def _held_out(loaded: LoadedSpec, workdir: str | Path) -> list[tuple]:
     if n:
         from alflow.validation import campaign_reference
 
-        start = min(loaded.geometries, key=atoms_hash)
+        # as CampaignContext.reference_start: a starting geometry, else an imported one
+        start = min(loaded.geometries or [a for lf in loaded.labels for a in lf.atoms], key=atoms_hash)
         ref = campaign_reference(start, spec.validation, spec.oracle,
                                  cache_dir=Path(workdir) / "validation-reference")
         # between the walkers' starts (which are frame_indices(walkers)): other frames
