@@ -111,7 +111,7 @@ def _load(url: str | None, name: str) -> Data:
         camp_row = conn.execute(sa.select(
             m.Campaign.id, m.Campaign.name, m.Campaign.status, m.Campaign.stop_reason,
             m.Campaign.spec_sha256, m.Campaign.alflow_version, m.Campaign.site, m.Campaign.workdir,
-            m.Campaign.created_at, m.Campaign.updated_at).where(m.Campaign.name == name)).mappings().first()
+            m.Campaign.created_at, m.Campaign.updated_at, m.Campaign.spec).where(m.Campaign.name == name)).mappings().first()
         if camp_row is None:
             raise _unknown(conn, name)
         camp = dict(camp_row)
@@ -390,7 +390,11 @@ def fig_learning_curves(data: Data) -> Fig | None:
         notes.append("No generation's ensemble has been evaluated yet (no model_eval row with "
                      "model_id NULL), so there are no learning curves.")
         return None
+    spec = data.campaign.get("spec") or {}
+    has_profile = bool((spec.get("evaluation") or {}).get("profile"))
     for k, lab in METRICS:
+        if k in ("profile_mae", "barrier_error") and not has_profile:
+            continue  # no evaluation.profile in the spec: nothing to say
         if (k, lab) not in present:
             notes.append(f"No {lab.split(' (')[0]} is recorded for any generation "
                          f"(model_eval.{k} is NULL everywhere), so that curve is not drawn.")

@@ -91,6 +91,7 @@ def test_null_columns_are_skipped_and_said(sqlite_url, tmp_path):
     assert "No NN-MD stability time is recorded for any generation" in page
     assert "No h(r) error is recorded for any generation" in page
     assert "No held-out force MAE" not in page
+    assert "No profile MAE" not in page  # the spec names no profile: nothing to excuse
     assert (tmp_path / "learning_curves.png").is_file()
     # two rows of curves (force and energy MAE) instead of seven
     _, height = png_size((tmp_path / "learning_curves.png").read_bytes())
