@@ -368,6 +368,27 @@ def test_export_into_a_missing_directory_creates_it_and_the_file(world, tmp_path
     assert np.isfinite(frames[0].get_potential_energy())
 
 
+def test_export_of_a_label_without_forces_keeps_its_energy(world, tmp_path):
+    """An ok label may carry no forces (an energy-only oracle): export writes its energy
+    instead of crashing on it."""
+    import sqlite3
+
+    db = tmp_path / "energy_only.db"
+    with sqlite3.connect(world.sqlite.removeprefix("sqlite:///")) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # with what is still in the WAL
+    with sqlite3.connect(db) as c:
+        (lid,) = c.execute("SELECT MIN(id) FROM label WHERE status = 'ok'").fetchone()
+        c.execute("UPDATE label SET forces = NULL WHERE id = ?", (lid,))
+    out = tmp_path / "out.xyz"
+    r = runner.invoke(app, ["export", "eth", "-o", str(out), "--db", f"sqlite:///{db}"])
+    assert r.exit_code == 0, r.output
+    frames = ase.io.read(out, index=":")
+    bare = [f for f in frames if f.info["label_id"] == lid]
+    assert len(bare) == 1 and np.isfinite(bare[0].get_potential_energy())
+    assert "forces" not in bare[0].calc.results
+    assert all(f.get_forces().shape == (len(f), 3) for f in frames if f.info["label_id"] != lid)
+
+
 def test_big_frame_validates_in_seconds(world):
     d = world.case_dir()
     side = 22

@@ -38,7 +38,10 @@ def export_campaign(url: str, name: str, out: str | Path, fmt: str) -> int:
         atoms = atoms_from_geometry(geo)
         atoms.info.update(label_id=lab.id, geometry_hash=geo.content_hash, origin=geo.origin,
                           oracle=f"{method.code}:{method.method or ''}/{method.basis or ''}")
-        results = {"energy": lab.energy, "forces": lab.forces.reshape(-1, 3)}
+        # an energy-only oracle (forces not computed) still exports its energy
+        results = {"energy": lab.energy}
+        if lab.forces is not None:
+            results["forces"] = lab.forces.reshape(-1, 3)
         if lab.stress is not None:
             results["stress"] = lab.stress.reshape(3, 3)
         atoms.calc = SinglePointCalculator(atoms, **results)
