@@ -231,11 +231,14 @@ def test_md_stops_on_a_high_uncertainty_start_and_flags_in_flag_mode(campaign, e
     (frame,) = read(tmp_path / "stop.traj", ":")
     assert frame.info["flagged"] and frame.info["sigma_f_calibrated"] == pytest.approx(hot, rel=1e-5)
     r = run_alflow("md", str(start), "--model", str(out), "-o", str(tmp_path / "flag.traj"),
-                   "--max-uncertainty", threshold, "--on-uncertain", "flag", *MD_2PS[:1], "20",
-                   *MD_2PS[2:], "-q", cwd=d)
+                   # a few very short steps: the compressed cluster relaxes violently and trips
+                   # the energy guard within ~5 fs (how soon depends on the fit, which threaded
+                   # in-process training does not reproduce to the bit)
+                   "--max-uncertainty", threshold, "--on-uncertain", "flag", "--steps", "5",
+                   "--timestep", "0.1", *MD_2PS[4:], "-q", cwd=d)
     assert r.returncode == 0, r.stderr
     frames = read(tmp_path / "flag.traj", ":")
-    assert len(frames) == 21 and frames[0].info["flagged"]
+    assert len(frames) == 6 and frames[0].info["flagged"], r.stdout  # went on past the threshold
     assert all(f.info["flagged"] == (f.info["sigma_f_calibrated"] >= float(threshold)) for f in frames)
 
 
