@@ -170,6 +170,7 @@ class InlineBackend:
         self.workers = workers or {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self.replaced: list[str] = []
+        self._torch_rng = threading.Lock()
 
     def _pool(self, role: str) -> ThreadPoolExecutor:
         if role not in self._pools:
@@ -177,7 +178,16 @@ class InlineBackend:
         return self._pools[role]
 
     def submit(self, role: str, envelope: Envelope, request: Any) -> Future:
+        if role == "train":
+            # training seeds and draws from torch's global RNG, which threads of one process
+            # share: members trained side by side would interleave their draws, and one
+            # campaign seed would give different ensembles from run to run
+            return self._pool(role).submit(self._train_serially, envelope, request)
         return self._pool(role).submit(apps.execute, envelope, request)
+
+    def _train_serially(self, envelope: Envelope, request: Any) -> Any:
+        with self._torch_rng:
+            return apps.execute(envelope, request)
 
     def capacity(self, role: str) -> int:
         return self.workers.get(role, 1)
