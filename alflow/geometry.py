@@ -66,3 +66,14 @@ def settings_hash(settings: dict) -> str:
 
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (artifacts, imported label files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

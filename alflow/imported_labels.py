@@ -156,7 +156,7 @@ def work_ratio(atoms: list[Atoms], energies: np.ndarray, forces: list[np.ndarray
 
 def read_label_files(spec, base_dir: Path, geometries: list[Atoms], spec_source: str) -> list[LabelFile]:
     """Every `initial_labels` entry of `spec`, read and checked (see module docstring)."""
-    from alflow.engine.artifacts import sha256_file
+    from alflow.geometry import sha256_file
     from alflow.structures import read_geometries
 
     out = []

@@ -7,7 +7,8 @@ a path in the database never points at a file that was later overwritten.
 
 from __future__ import annotations
 
-import hashlib
+from alflow.geometry import sha256_file
+
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,14 +20,6 @@ class StoredArtifact:
     sha256: str
     uri: str
     size_bytes: int
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ArtifactStore:
