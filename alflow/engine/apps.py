@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from alflow.engine import durable
+from alflow.engine.graceful import FinishCallBeforeStopping
 from alflow.engine.results import (
     Envelope,
     EvaluateRequest,
@@ -81,12 +82,18 @@ def label_batch(req: LabelRequest, env: Envelope) -> LabelBatch:
     started = time.time()
     oracle = _oracle(req.oracle)
     out = []
-    for job in req.jobs:
-        kept = durable.load_label(env.run_dir, job.label_key)
-        if kept is None:
-            kept = LabelledGeometry(job.geometry_id, oracle(job.atoms), task_id=env.task_id)
-            durable.save_label(env.run_dir, job.label_key, kept)
-        out.append(kept)
+    with FinishCallBeforeStopping() as term:  # a finished call is written before SIGTERM ends us
+        for job in req.jobs:
+            if term.stopping.is_set():
+                break  # told to stop: start no new call
+            kept = durable.load_label(env.run_dir, job.label_key)
+            if kept is None:
+                label = oracle(job.atoms)
+                if term.stopping.is_set() and label.status != "ok":
+                    break  # cut off by the same signal (a per-call subprocess): not a result
+                kept = LabelledGeometry(job.geometry_id, label, task_id=env.task_id)
+                durable.save_label(env.run_dir, job.label_key, kept)
+            out.append(kept)
     return LabelBatch(tuple(out), Timing.since(started))
 
 
