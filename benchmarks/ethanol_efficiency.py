@@ -13,12 +13,14 @@ reference trajectory (the held-out set, labelled once, shared by every campaign)
 Targets: adversarial reaches >= 5x the stability time of random displacement at equal
 oracle budget, and beats NN-MD sampling alone (a difference is called only beyond 2 SE).
 
-    python benchmarks/ethanol_efficiency.py [--seeds 3] [--first-seed 100] [--generations 2]
+    python benchmarks/ethanol_efficiency.py [--seeds 3] [--first-seed 100] [--generations 2] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +55,23 @@ def spec_for(strategy: str, seed: int, args) -> dict:
     return spec
 
 
+def finished_campaign(tmp: Path, name: str) -> str | None:
+    """The database of a campaign an earlier invocation finished in `--workdir` (its
+    results are read, not recomputed); an unfinished one is removed, to run again."""
+    db = tmp / f"{name}.db"
+    if not db.exists():
+        return None
+    url = f"sqlite:///{db}"
+    with get_engine(url).connect() as c:
+        status = c.execute(sa.text("SELECT status FROM campaign WHERE name = :n"), {"n": name}).scalar()
+    if status == "finished":
+        return url
+    for path in tmp.glob(f"{name}.*"):
+        path.unlink()
+    shutil.rmtree(tmp / name, ignore_errors=True)
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -62,20 +81,25 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--validation-temperature", type=float, default=1000.0, help="K")
     ap.add_argument("--validation-steps", type=int, default=4000, help="0.5 fs steps per walker")
+    ap.add_argument("--workdir", help="keep campaigns here: a rerun reads finished ones back "
+                    "(default: a temporary directory)")
     ap.add_argument("--reference-steps", type=int, default=8000, help="0.5 fs steps of reference MD")
     args = ap.parse_args()
     strategies = list(STRATEGIES)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     runs: dict[str, list[list[dict]]] = {s: [] for s in strategies}
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.workdir or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         for seed in seeds:
             for strategy in strategies:
-                url = run_inline(spec_for(strategy, seed, args), tmp, tmp / "reference-md")
+                spec = spec_for(strategy, seed, args)
+                url = finished_campaign(tmp, spec["name"]) or run_inline(spec, tmp, tmp / "reference-md")
                 with get_engine(url).connect() as c:
                     runs[strategy].append([dict(r._mapping) for r in c.execute(sa.text(GENERATION_ROWS)).all()])
-                print(f"# seed {seed} {strategy} done, {time.time() - t0:.0f} s", flush=True)
+                print(f"# seed {seed} {strategy} done, {time.time() - t0:.0f} s: "
+                      f"{json.dumps(runs[strategy][-1], default=float)}", flush=True)
 
     n_gen = min(len(r) for rs in runs.values() for r in rs)
     print(f"\nethanol, GFN2-xTB oracle, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {args.per_generation} "
