@@ -122,6 +122,32 @@ def test_a_resumed_label_step_records_finished_oracle_calls_instead_of_repeating
         assert later == 0
 
 
+def test_resume_records_paid_calls_of_dispatched_entries_at_once_and_requeues_the_rest(tmp_path, sqlite_url):
+    """A streaming campaign may drop a re-queued entry on re-scoring, or stop before it takes
+    it again: what an earlier run's workers finished is recorded when the run resumes."""
+    from alflow.engine import queue
+
+    new_campaign(tmp_path, sqlite_url, "dw_recover", evaluation={"label_batch_size": 2})
+    ctx, scheduler = inline(sqlite_url, "dw_recover")
+    with ctx.Session() as s:
+        gen = ctx.latest_generation(s)
+    items = label_step.plan(ctx, gen)  # all six entries dispatched
+    first = items[0]
+    (task_id,) = scheduler.ledger.open([(first, 1)])
+    from alflow.engine.apps import execute
+
+    execute(Envelope(task_id, first.key, str(ctx.run_dir), enforce_limit=False), first.request)
+    paid = {job.geometry_id for job in first.request.jobs}
+    assert label_step.recover(ctx) == (2, 4)
+    with ctx.Session() as s:
+        status = dict(s.execute(sa.select(queue.Q.geometry_id, queue.Q.status)).all())
+        labels = dict(s.execute(sa.select(m.Label.geometry_id, m.Label.task_id)).all())
+    assert labels == {g: task_id for g in paid}
+    assert {g for g, st in status.items() if st == "labelled"} == paid
+    assert sorted(st for g, st in status.items() if g not in paid) == ["queued"] * 4
+    assert label_step.recover(ctx) == (0, 0)  # nothing dispatched any more
+
+
 def test_percentile_thresholds_resolve_without_a_test_set_and_are_stored_as_numbers(tmp_path, sqlite_url):
     new_campaign(tmp_path, sqlite_url, "dw_pct", evaluation={"test_fraction": 0.0},
                  selection={"trust_lo": 10, "trust_hi": 100, "thresholds": "percentile",
@@ -257,6 +283,10 @@ class ControlledBackend:
         what = self.behaviour(len(self.calls), envelope)
         if what == "silent":
             return fut
+        if what == "lost-alive":  # lost, but its worker process (alive_pid) has not exited yet
+            _started_by(envelope.run_dir, envelope.task_id, self.alive_pid)
+            fut.set_exception(type("WorkerLost", (Exception,), {})("worker died"))
+            return fut
         durable.mark_started(envelope.run_dir, envelope.task_id)
         if what == "ok":
             fut.set_result(f"result of {envelope.task_id}")
@@ -332,6 +362,65 @@ def test_a_lost_worker_is_retried_and_each_attempt_recorded(ledger, tmp_path):
     ((_, outcome),) = _drain(sched)
     assert outcome.ok and outcome.result.startswith("result of")
     assert _rows(ledger) == [(1, "failed", "worker_lost"), (2, "done", None)]
+
+
+def _started_by(run_dir, task_id: int, pid: int) -> None:
+    """The start marker a worker process `pid` of this host writes (durable.mark_started)."""
+    import json
+    import socket
+
+    path = Path(run_dir) / "tasks" / "started" / str(task_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": pid}))
+
+
+def test_a_lost_attempt_is_retried_only_once_its_worker_has_exited(ledger, tmp_path):
+    """A worker told to stop may still be writing the oracle call it had in hand
+    (graceful.py): the retry must not start that call again while it does."""
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    submitted: list[float] = []
+
+    def behaviour(n, env):
+        submitted.append(time.monotonic())
+        if n == 1:
+            return "lost-alive"
+        return "ok"
+
+    backend = ControlledBackend(behaviour)
+    backend.alive_pid = worker.pid
+    sched = _scheduler(backend, ledger, tmp_path)
+    t0 = time.monotonic()
+    sched.submit([item()])
+    ((_, outcome),) = _drain(sched)
+    exited = worker.wait(timeout=10)
+    assert exited == 0 and outcome.ok
+    assert submitted[1] - t0 >= 1.4  # not before the old worker was gone (1.5 s)
+    assert submitted[1] - t0 < 1.5 + 1.0  # and soon after it
+    assert _rows(ledger) == [(1, "failed", "worker_lost"), (2, "done", None)]
+
+
+def test_a_lost_attempt_whose_worker_never_exits_is_retried_after_the_settle_bound(ledger, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from alflow.engine import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "SETTLE_S", 0.8)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        backend = ControlledBackend(lambda n, env: "lost-alive" if n == 1 else "ok")
+        backend.alive_pid = worker.pid
+        sched = _scheduler(backend, ledger, tmp_path)
+        t0 = time.monotonic()
+        sched.submit([item()])
+        ((_, outcome),) = _drain(sched)
+        assert outcome.ok and 0.7 < time.monotonic() - t0 < 5.0
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
 
 
 def test_retries_are_spent_then_the_item_fails_with_its_class(ledger, tmp_path):

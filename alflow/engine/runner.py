@@ -17,12 +17,11 @@ from types import ModuleType
 import sqlalchemy as sa
 
 from alflow.db import models as m
-from alflow.engine import queue
 from alflow.engine.context import CampaignContext
 from alflow.engine.results import WarmupRequest
 from alflow.engine.scheduler import Scheduler, WorkItem
 from alflow.engine.states import GenState, TaskError, TaskStatus
-from alflow.engine.steps import STEPS, rescore
+from alflow.engine.steps import STEPS, label, rescore
 
 STEP_OF_KIND: dict[str, ModuleType] = {state.value: step for state, step in STEPS.items()} | {
     "rescore": rescore}
@@ -137,8 +136,9 @@ def begin(ctx: CampaignContext, runner: Runner, warm_roles: list[str] | None) ->
     lost = mark_lost(ctx)
     if lost:
         ctx.emit(message=f"{lost} task(s) from an interrupted run marked lost")
-    with ctx.Session.begin() as s:
-        queue.release(s, ctx.id)  # entries an earlier run took but did not label: take them again
+    recorded, _ = label.recover(ctx)  # what an earlier run took: recorded if paid for, else queued again
+    if recorded:
+        ctx.emit(message=f"{recorded} oracle result(s) of an interrupted run recorded, not recomputed")
     set_campaign(ctx, status="running")
     with ctx.Session() as s:
         ctx.emit(oracle_cpu_s=ctx.oracle_cpu_s(s))

@@ -24,7 +24,11 @@ in it waits without a bound:
   the same way; a block queued in a batch system, or starting, may take `queue_wait_s`.
 - **Retries**: an attempt lost for a reason that is not the task's own (worker or manager
   lost, stalled, timed out, refused at submission) is retried as a new attempt until
-  `retries` retries are spent; an exception raised by the task itself is final.
+  `retries` retries are spent; an exception raised by the task itself is final. A lost
+  attempt whose worker is still alive on this host (told to stop, it may be writing the
+  oracle call it had in hand: `graceful.py`) is retried or reported only once that worker
+  has exited, `SETTLE_S` at most: a retry never computes that call again, and the label
+  step finds it in the run directory.
 
 The scheduler runs on a `Backend` (Parsl in production, an in-process one for tests) and
 writes only the task table; what a result means is the steps' business.
@@ -35,6 +39,8 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,12 +53,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from alflow.db import models as m
-from alflow.engine import durable
+from alflow.engine import durable, graceful
+from alflow.engine.processes import proc_start_time
 from alflow.engine.results import Envelope, Outcome
 from alflow.engine.states import RETRYABLE, TaskError, TaskStatus
 
 
 LOOKAHEAD = 2
+# failures where the worker did not report, and may still be finishing its oracle call
+UNREPORTED = (TaskError.WORKER_LOST, TaskError.MANAGER_LOST, TaskError.STALLED, TaskError.TIMEOUT)
+SETTLE_S = graceful.GRACE_S + 1.0
 
 
 def utc(epoch: float | None = None) -> dt.datetime:
@@ -98,6 +108,16 @@ class Backend(Protocol):
     def replace_workers(self, role: str) -> str: ...
     def classify(self, exc: BaseException) -> TaskError: ...
     def tick(self) -> None: ...
+
+
+def _worker_pid(run_dir: str, task_id: int) -> int | None:
+    """The pid of the worker that started attempt `task_id`, while it is alive on this host
+    (not this process: the in-process backend's attempts run in the orchestrator)."""
+    info = durable.started(run_dir, task_id)
+    if info is None or info.get("host") != socket.gethostname() or info.get("pid") in (None, os.getpid()):
+        return None
+    pid = int(info["pid"])
+    return pid if proc_start_time(pid) is not None else None
 
 
 @dataclass
@@ -163,6 +183,7 @@ class Scheduler:
         self._queue: dict[str, list] = {}
         self._seq = itertools.count()
         self._running: dict[int, _Attempt] = {}  # by task id
+        self._settling: list[tuple[float, _Attempt, TaskError, str, dict[str, Any]]] = []
         self._ready: list[tuple[WorkItem, Outcome]] = []
         self._activity: dict[str, float] = {}
         self.events: list[str] = []  # what the watchdog did, for the live display and tests
@@ -178,7 +199,7 @@ class Scheduler:
                 self._enqueue(item, 1)
 
     def busy(self) -> bool:
-        return bool(self._ready or self._running or any(self._queue.values()))
+        return bool(self._ready or self._running or self._settling or any(self._queue.values()))
 
     def in_flight(self, role: str | None = None) -> int:
         return sum(1 for a in self._running.values() if role is None or a.item.role == role)
@@ -213,6 +234,8 @@ class Scheduler:
                  "error_msg": message} for a in self._running.values()]
         for a in self._running.values():
             durable.mark_abandoned(self.run_dir, a.task_id)
+        rows += [row for *_, row in self._settling]  # failed already: recorded as they failed
+        self._settling.clear()
         self._running.clear()
         self._queue.clear()
         self.ledger.close_now(rows)
@@ -307,13 +330,34 @@ class Scheduler:
 
     def _fail(self, attempt: _Attempt, error: TaskError, message: str) -> dict[str, Any] | None:
         """Close a failed attempt: retried (its row returned for writing now) or final (its
-        row travels with the outcome, written with the step's records)."""
+        row travels with the outcome, written with the step's records). An attempt whose
+        worker may still be finishing the oracle call in hand (told to stop, `graceful.py`)
+        settles first (`_settle`): its retry or its outcome waits until that worker is gone."""
         self._running.pop(attempt.task_id, None)
         self._activity[attempt.item.role] = time.monotonic()
         row = {"id": attempt.task_id, "status": TaskStatus.FAILED.value, "error_class": error.value,
                "error_msg": message[:2000], "finished_at": utc(), "tries": attempt.tries,
                "started_at": utc(attempt.started) if attempt.started else None,
                "slurm_job_id": attempt.slurm_job_id}
+        if error in UNREPORTED and _worker_pid(self.run_dir, attempt.task_id) is not None:
+            self._settling.append((time.monotonic() + SETTLE_S, attempt, error, message, row))
+            return None
+        return self._conclude(attempt, error, message, row)
+
+    def _settle(self) -> list[dict[str, Any]]:
+        """Conclude failed attempts whose worker has exited (or had `SETTLE_S`)."""
+        now, rows, waiting = time.monotonic(), [], []
+        for entry in self._settling:
+            deadline, attempt, error, message, row = entry
+            if now < deadline and _worker_pid(self.run_dir, attempt.task_id) is not None:
+                waiting.append(entry)
+            elif (written := self._conclude(attempt, error, message, row)) is not None:
+                rows.append(written)
+        self._settling = waiting
+        return rows
+
+    def _conclude(self, attempt: _Attempt, error: TaskError, message: str,
+                  row: dict[str, Any]) -> dict[str, Any] | None:
         if error in RETRYABLE and attempt.tries <= self.limits.retries:
             self._enqueue(attempt.item, attempt.tries + 1)
             return row
@@ -351,6 +395,7 @@ class Scheduler:
                 if row is not None:
                     rows.append(row)
                 self.events.append(self.backend.replace_workers(attempt.item.role))
+        rows += self._settle()
         for role in {a.item.role for a in self._running.values()}:
             rows += self._check_stall(role, now)
         if rows:

@@ -82,6 +82,38 @@ def _owned_task(s: Session, ctx: CampaignContext, task_id: int | None) -> bool:
         m.Task.id == task_id, m.Task.campaign_id == ctx.id, m.Task.kind == "label")) == 1
 
 
+def _harvest(s: Session, ctx: CampaignContext, geometries: list[m.Geometry]) -> set[int]:
+    """Record the oracle calls of these geometries that finished before a crash (kept in
+    the run directory by this campaign's workers) and close their queue entries; returns
+    the geometry ids recorded."""
+    rows = []
+    for geo in geometries:
+        kept = durable.load_label(ctx.run_dir, label_key(geo.content_hash, ctx.method_key))
+        if kept is not None and kept.geometry_id == geo.id and _owned_task(s, ctx, kept.task_id):
+            rows.append(_row(ctx, kept, kept.task_id))
+    writers.write_labels(s, rows)
+    for row in rows:
+        queue.close(s, ctx.id, ctx.method_id, [row["geometry_id"]], row["task_id"])
+    return {row["geometry_id"] for row in rows}
+
+
+def recover(ctx: CampaignContext) -> tuple[int, int]:
+    """On resume: entries an earlier run dispatched are labelled from the run directory
+    where their oracle call finished, and put back in the queue where it did not.
+
+    Why at once, not when they are next taken: a streaming campaign may drop a re-queued
+    entry on re-scoring, or stop before it takes it again, and the call it paid for would
+    never be recorded. Returns (recorded, re-queued)."""
+    with ctx.Session.begin() as s:
+        geos = list(s.scalars(sa.select(m.Geometry).join(queue.Q, queue.Q.geometry_id == m.Geometry.id)
+                              .where(queue.Q.campaign_id == ctx.id, queue.Q.status == "dispatched")))
+        have = set(s.scalars(sa.select(m.Label.geometry_id).where(
+            m.Label.method_id == ctx.method_id, m.Label.geometry_id.in_([g.id for g in geos]))))
+        queue.close(s, ctx.id, ctx.method_id, sorted(have), None)
+        recorded = _harvest(s, ctx, [g for g in geos if g.id not in have])
+        return len(recorded), queue.release(s, ctx.id)
+
+
 def plan(ctx: CampaignContext, gen: m.Generation, *, limit: int | None = None) -> list[WorkItem]:
     """Label work for the generation's intake (generational), or for up to `limit` of the
     most uncertain queued frames (streaming: `gen` is the generation collecting labels)."""
@@ -97,18 +129,9 @@ def plan(ctx: CampaignContext, gen: m.Generation, *, limit: int | None = None) -
         queue.close(s, ctx.id, ctx.method_id, sorted(have), None)  # labelled before, e.g. another campaign
         todo = [g for g in wanted if g not in have]
         geos = {g.id: g for g in s.scalars(sa.select(m.Geometry).where(m.Geometry.id.in_(todo)))}
-        # oracle calls that finished before a crash: recorded from the run directory
-        harvested, jobs = [], []
-        for gid in todo:
-            lkey = label_key(geos[gid].content_hash, ctx.method_key)
-            kept = durable.load_label(ctx.run_dir, lkey)
-            if kept is not None and kept.geometry_id == gid and _owned_task(s, ctx, kept.task_id):
-                harvested.append(_row(ctx, kept, kept.task_id))
-            else:
-                jobs.append(LabelJob(gid, lkey, ctx.atoms(geos[gid])))
-        writers.write_labels(s, harvested)
-        for row in harvested:
-            queue.close(s, ctx.id, ctx.method_id, [row["geometry_id"]], row["task_id"])
+        harvested = _harvest(s, ctx, list(geos.values()))
+        jobs = [LabelJob(gid, label_key(geos[gid].content_hash, ctx.method_key), ctx.atoms(geos[gid]))
+                for gid in todo if gid not in harvested]
     if harvested:
         ctx.emit(message=f"{len(harvested)} oracle result(s) of an interrupted run recorded, not recomputed")
     size = ctx.spec.evaluation.label_batch_size
