@@ -157,7 +157,10 @@ def test_twenty_worker_deaths_and_a_hang_are_recorded_and_the_campaign_goes_on(t
         # every death recorded, each dying geometry tried twice (retries: 1); a worker pool
         # wedged by a death is caught by the stall rule and its attempts retried too
         assert len(deaths) + sum(e == "stalled" for e, _ in lost) >= 20 and max(deaths) == 2
-        assert sorted(t for e, t in lost if e == "timeout") == [1, 2]
+        # the hanging geometry's attempts time out; on a loaded machine its first may instead
+        # be caught by the stall rule before a worker takes it (seen at load 11)
+        timeouts = sorted(t for e, t in lost if e == "timeout")
+        assert timeouts in ([1, 2], [2]), timeouts
         assert all(e in ("worker_lost", "stalled", "timeout", "manager_lost") for e, _ in lost)
         gen = c.execute(sa.text("SELECT label_failed_fraction FROM generation WHERE idx = 0")).scalar_one()
         assert gen == pytest.approx((11 + fails) / 28)
