@@ -45,16 +45,18 @@ lean chunked pair path (fast_painn `_Aggregate`/`_PairProduct`, `Ensemble.varian
 default `pair_chunk`) stores nothing wider than the radial basis, equal to round-off:
 
     atoms   pairs    before: CPU s  peak MiB     after: CPU s  peak MiB
-     5184  208078            89.6      4741              58.3      1373
-     9216  369954           139.8      8433              85.1      1980
-    10368  416302           154.5      9508             105.2      1936
+     5184  208078            89.6      4741              46.7       944
+     9216  369954           139.8      8433              87.7      1606
+    10368  416302           154.5      9508             104.5      1765
 
-so 10,368 atoms need 1.9 GB (was 9.3 GB, over the 8 GB bound). The superlinear CPU time
-was the same cause: per pair the plain path got slower as its GB-sized pair tensors left
-cache (attribution slope 1.47 over 1536..5184 atoms before, 0.99 after: 15.0 -> 89.6 s
-before, 14.7 -> 49.3 s after, from separate runs; the table's 58.3 s ran beside a
-"before" run). The
-neighbour list is not it (0.07 s of 5184 atoms). A first-order energy+forces pass of one
+("after": the default 8192 pairs a chunk; 32768 gave 58.3 s / 1373, 85.1 s / 1980 and
+105.2 s / 1936 MiB), so 10,368 atoms need 1.7 GB (was 9.3 GB, over the 8 GB bound). The
+superlinear CPU time was the same cause: per pair the plain path got slower as its
+GB-sized pair tensors left cache (attribution 15.0 -> 89.6 s over 1536 -> 5184 atoms,
+slope 1.47, before; 14.7 -> 49.3 s, slope 0.99, with 32768-pair chunks). Per atom the
+plain path then stays at ~15-17 ms up to 10,368 atoms and the lean one at 9-10 ms
+(its slope 5184 -> 10368 is 1.16 in this table, measured on a machine loaded 2.5-3x;
+not told apart from load here). The neighbour list is not it (0.07 s of 5184 atoms). A first-order energy+forces pass of one
 member through the lean path was 1.5-2.5x faster and 3-5x smaller too (1536 -> 5184 atoms:
 1.25 -> 5.68 s plain, 0.76 -> 2.24 s lean at 8192 pairs a chunk), so predict and MD would
 gain the same way; they still take the plain path (not switched here).
