@@ -36,8 +36,30 @@ measured 1.04 MiB/atom, more than the machine had free) and fitted with --refit.
 op on linear shapes (pair tensors (P, 3, F)); no quadratic step was found: the cost per
 pair grows as the per-member working set (GBs) leaves cache and competes for memory
 bandwidth. Peak RSS per atom: predict 0.57, attribution 0.91 MiB (one member's second-order
-graph at a time; all members at once was 1.6x more), so a 10,000-atom PaiNN-64x3
-attribution needs ~9 GB: not yet under 8 GB.
+graph at a time; all members at once was 1.6x more).
+
+Attribution memory, fixed (benchmarks/attribution_memory.py, attribution alone, same
+frames/members/measurement, one thread; shared 2-core machine, loaded: wall/CPU 1.5-4,
+2026-12-02). Autograd kept every pair-sized (P, F) message product of both passes; the
+lean chunked pair path (fast_painn `_Aggregate`/`_PairProduct`, `Ensemble.variance_gradient`
+default `pair_chunk`) stores nothing wider than the radial basis, equal to round-off:
+
+    atoms   pairs    before: CPU s  peak MiB     after: CPU s  peak MiB
+     5184  208078            89.6      4741              46.7       944
+     9216  369954           139.8      8433              87.7      1606
+    10368  416302           154.5      9508             104.5      1765
+
+("after": the default 8192 pairs a chunk; 32768 gave 58.3 s / 1373, 85.1 s / 1980 and
+105.2 s / 1936 MiB), so 10,368 atoms need 1.7 GB (was 9.3 GB, over the 8 GB bound). The
+superlinear CPU time was the same cause: per pair the plain path got slower as its
+GB-sized pair tensors left cache (attribution 15.0 -> 89.6 s over 1536 -> 5184 atoms,
+slope 1.47, before; 14.7 -> 49.3 s, slope 0.99, with 32768-pair chunks). Per atom the
+plain path then stays at ~15-17 ms up to 10,368 atoms and the lean one at 9-10 ms
+(its slope 5184 -> 10368 is 1.16 in this table, measured on a machine loaded 2.5-3x;
+not told apart from load here). The neighbour list is not it (0.07 s of 5184 atoms). A first-order energy+forces pass of one
+member through the lean path was 1.5-2.5x faster and 3-5x smaller too (1536 -> 5184 atoms:
+1.25 -> 5.68 s plain, 0.76 -> 2.24 s lean at 8192 pairs a chunk), so predict and MD would
+gain the same way; they still take the plain path (not switched here).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ SchNetPack's own forward."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import schnetpack as spk
 import torch
 from ase.build import bulk, molecule
@@ -86,3 +87,55 @@ def test_fast_painn_float32_agrees_with_float64():
     scale = max(np.abs(f).max() for f in hi.forces)
     for fl, fh in zip(lo.forces, hi.forces):
         np.testing.assert_allclose(fl, fh, rtol=0, atol=1e-4 * scale)
+
+
+def _member_hvp(core, g, v, pair_chunk):
+    """(energy, forces, H·v) of one core by double autograd, through the lean path or not."""
+    pos = g.positions.detach().clone().requires_grad_(True)
+    rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
+    e = core(rij, g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms, pair_chunk=pair_chunk)
+    (de,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+    (hv,) = torch.autograd.grad((v * de).sum(), pos)
+    return e.detach(), -de.detach(), hv
+
+
+def test_lean_pair_path_equals_fast_path_to_second_order():
+    """Chunks that do not divide the pair count, one chunk, and pairs across periodic images:
+    energies, forces and Hessian-vector products equal to float64 round-off."""
+    cu = rattled(bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1)), 0.05, seed=3)
+    fast, _ = _ensembles({**TINY, "cutoff": 4.5}, [29], {29: -1000.0})
+    g = fast.graph([cu])
+    v = torch.as_tensor(np.random.default_rng(0).normal(size=g.positions.shape))
+    core = fast.cores[0]
+    e0, f0, h0 = _member_hvp(core, g, v, None)
+    assert np.abs(f0.numpy()).max() > 1e-3 and np.abs(h0.numpy()).max() > 1e-3
+    for chunk in (7, 1000, 10**7):
+        e, f, h = _member_hvp(core, g, v, chunk)
+        torch.testing.assert_close(e, e0, rtol=0, atol=1e-10)
+        torch.testing.assert_close(f, f0, rtol=0, atol=1e-12)
+        torch.testing.assert_close(h, h0, rtol=0, atol=1e-10 * h0.abs().max().item())
+
+
+def test_lean_pair_path_derivatives_pass_gradgradcheck():
+    """The two chunked autograd Functions' hand-written derivatives, to second order."""
+    water = rattled(molecule("H2O"), 0.05, seed=0)
+    fast, _ = _ensembles(dict(TINY, n_atom_basis=4, n_rbf=3), [1, 6, 8], HCO_REF)
+    g = fast.graph([water])
+    rep = fast.cores[0].representation
+    rij = (g.positions[g.idx_j] - g.positions[g.idx_i]).clone().requires_grad_(True)
+
+    def q(r):
+        return fast_painn.painn_representation(rep, r, g.numbers, g.idx_i, g.idx_j, pair_chunk=4)
+
+    assert torch.autograd.gradcheck(q, (rij,))
+    assert torch.autograd.gradgradcheck(q, (rij,))
+
+
+def test_lean_pair_path_refuses_trainable_filter_weights():
+    water = rattled(molecule("H2O"), 0.05, seed=0)
+    member = new_member(dict(TINY), [1, 6, 8], HCO_REF, seed=1)
+    core = member.core().double()  # as training sees it: weights require grad
+    g = Ensemble([member], device="cpu", dtype=torch.float64).graph([water])
+    rij = g.positions[g.idx_j] - g.positions[g.idx_i]
+    with pytest.raises(ValueError, match="constant filter weights"):
+        core(rij, g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms, pair_chunk=8)

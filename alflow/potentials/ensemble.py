@@ -145,6 +145,12 @@ def force_uncertainty(
     return per_graph / n_atoms.to(u.dtype), u
 
 
+# pairs per chunk of attribution's lean second-order path (`Ensemble.variance_gradient`):
+# a chunk's (chunk, 3, F) pieces should stay in cache: 5184 water atoms, PaiNN-64x3, 1 thread
+# took 44 s CPU / 0.94 GB at 8192 pairs, 50 s / 0.90 GB at 4096, 56 s / 1.46 GB at 32768
+ATTRIBUTION_PAIR_CHUNK = 8192
+
+
 class Ensemble:
     """M members on one device/dtype; see the module docstring."""
 
@@ -309,39 +315,57 @@ class Ensemble:
             out["stress"] = torch.where(periodic[None, :, None, None], s, torch.full_like(s, float("nan")))
         return out
 
-    def variance_gradient(self, atoms_list: Sequence[Atoms]) -> torch.Tensor:
+    def variance_gradient(
+        self, atoms_list: Sequence[Atoms], *, pair_chunk: int | None = ATTRIBUTION_PAIR_CHUNK,
+    ) -> torch.Tensor:
         """∂S/∂R (N, 3) with S = Σ_i u_i over all atoms of `atoms_list`, one member at a time.
 
         Why: the second-order graph of one member of a 10,000-atom frame is gigabytes; the
         ensemble's at once is M times that. With the member forces F^m known (a first-order
         pass), dS/dF^m = 2/(3(M−1)) (F^m − F̄) — the F̄ term drops out because the
         deviations sum to zero over members — so ∂S/∂R = Σ_m VJP of member m's forces with
-        that fixed weight, and only one member's double-backward graph is alive at a time
-        (peak memory / M, for one extra first-order pass). NaN for M < 2.
+        that fixed weight (a Hessian-vector product), and only one member's double-backward
+        graph is alive at a time (peak memory / M, for one extra first-order pass).
+
+        Even one member's graph was too much (~1.2 MiB/atom: 12 GB for a 10,000-atom water
+        frame, PaiNN-64x3): autograd keeps every pair-sized (P, F) message product of both
+        passes. `pair_chunk` (pairs per chunk) runs both passes through fast_painn's lean
+        pair path, which stores nothing pair-sized wider than the radial basis and is
+        exact to round-off; None takes the plain autograd path (and members fast_painn does
+        not cover always do). NaN for M < 2.
         """
         g = self.graph(list(atoms_list))
         pos0 = g.positions.detach()
         m = self.size
         if m < 2:
             return torch.full_like(pos0, float("nan"))
-        forces = self.evaluate(g)["forces"].detach()  # (M, N, 3)
+        kw = {} if self.uses_positions or pair_chunk is None else {"pair_chunk": pair_chunk}
+
+        def member_forces(core, pos, create_graph):
+            if self.uses_positions:
+                e = core(pos, g.numbers, g.idx_m, g.n_atoms)
+                (de,) = torch.autograd.grad(e.sum(), pos, create_graph=create_graph)
+                return -de
+            rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
+            e = core(rij, g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms, **kw)
+            (de,) = torch.autograd.grad(e.sum(), rij, create_graph=create_graph)
+            return pair_forces(de, g.idx_i, g.idx_j, pos.shape[0])
+
+        with torch.enable_grad():
+            forces = torch.stack([
+                member_forces(core, pos0.clone().requires_grad_(True), False).detach()
+                for core in self.cores
+            ])  # (M, N, 3)
         weights = (forces - forces.mean(dim=0, keepdim=True)) * (2.0 / (3.0 * (m - 1)))
+        del forces
         total = torch.zeros_like(pos0)
         for k, core in enumerate(self.cores):
             pos = pos0.clone().requires_grad_(True)
             with torch.enable_grad():
-                if self.uses_positions:
-                    e = core(pos, g.numbers, g.idx_m, g.n_atoms)
-                    (de,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
-                    f = -de
-                else:
-                    rij = pos[g.idx_j] - pos[g.idx_i] + g.offsets
-                    e = core(rij, g.numbers, g.idx_i, g.idx_j, g.idx_m, g.n_atoms)
-                    (de,) = torch.autograd.grad(e.sum(), rij, create_graph=True)
-                    f = pair_forces(de, g.idx_i, g.idx_j, pos.shape[0])
+                f = member_forces(core, pos, True)
                 (gk,) = torch.autograd.grad((weights[k] * f).sum(), pos)
             total += gk
-            del e, de, f, gk
+            del f, gk
         return total
 
     # ------------------------------------------------------------------ public APIs

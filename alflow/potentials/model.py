@@ -134,14 +134,16 @@ class EnergyCore(nn.Module):
         self.fast = fast and fast_painn.supports(representation)
         self._fast_representation = fast_painn.painn_representation
 
-    def forward(self, rij, numbers, idx_i, idx_j, idx_m, n_atoms):
+    def forward(self, rij, numbers, idx_i, idx_j, idx_m, n_atoms, pair_chunk: int | None = None):
+        """Energies (B,); `pair_chunk`: fast_painn's lean pair path (constant weights only),
+        ignored by representations that take SchNetPack's forward."""
         inputs = {
             "_atomic_numbers": numbers, "_Rij": rij, "_idx_i": idx_i, "_idx_j": idx_j,
             "_idx_m": idx_m, "_n_atoms": n_atoms,
         }
         if self.fast:
             inputs["scalar_representation"] = self._fast_representation(
-                self.representation, rij, numbers, idx_i, idx_j)
+                self.representation, rij, numbers, idx_i, idx_j, pair_chunk=pair_chunk)
         else:
             inputs = self.representation(inputs)
         inputs = self.atomwise(inputs)
