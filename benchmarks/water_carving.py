@@ -211,12 +211,17 @@ def liquid_clusters(frames, n: int, radius: float, seed: int):
 
     rng = np.random.default_rng(seed)
     atoms, energies, forces = [], [], []
-    for _ in range(n):
+    for _ in range(5 * n):
+        if len(atoms) == n:
+            break
         frame = frames[int(rng.integers(len(frames)))].copy()
         frame.calc = None
         frame.info = {"charge": 0, "multiplicity": 1}
         centre = int(rng.choice(np.flatnonzero(frame.numbers == 8)))
-        c = carve_clusters(frame, [centre], radius, dedupe_tol=None).clusters[0].atoms
+        carved = carve_clusters(frame, [centre], radius, dedupe_tol=None).clusters
+        if not carved:  # rejected (atoms too close: a frame near a collapse)
+            continue
+        c = carved[0].atoms
         c.calc = build_calculator("tblite", {"method": "GFN2-xTB"}, c)
         energies.append(float(c.get_potential_energy()))
         forces.append(c.get_forces().copy())
@@ -298,10 +303,16 @@ def main() -> None:
     print("σ_F by quarter of the run (median): " + ", ".join(f"{np.median(q):.3f}" for q in quarters))
 
     frames = [f for f in res.frames if f.info.get("time_fs", 0.0) >= args.equil_ps * 1000]
+    g_from_ps = args.equil_ps
+    if len(frames) < 5:  # the run ended before equilibration was over: g(r) of what it ran
+        frames = [f for f in res.frames if f.info.get("step", 0) > 0]
+        g_from_ps = 0.0
+        print(f"NN-MD ended at {ran_fs:.0f} fs, before the {args.equil_ps:g} ps equilibration: g(r) "
+              f"below is over all {len(frames)} saved frames, mostly a memory of the starting grid")
     r, g = oo_rdf(frames, r_max=6.0, bins=120)
     r_peak, g_peak = first_peak(r, g)
     r0, g0 = oo_rdf([box], r_max=6.0, bins=120)
-    print(f"O–O g(r) over {len(frames)} frames ({args.equil_ps:g}–{ran_fs / 1000:.2f} ps): first peak "
+    print(f"O–O g(r) over {len(frames)} frames ({g_from_ps:g}–{ran_fs / 1000:.2f} ps): first peak "
           f"{r_peak:.3f} Å, height {g_peak:.2f}; experiment {EXPERIMENT['r_peak']:.2f} Å, "
           f"{EXPERIMENT['g_peak']:.2f}")
 
@@ -319,6 +330,7 @@ def main() -> None:
         print(f"  generation {idx}'s ensemble: force MAE {v['force_mae']:.4f} eV/Å, energy MAE "
               f"{1000 * v['energy_mae_per_atom']:.2f} meV/atom")
 
+    survived = res.stop_reason == "max_steps"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,7 +338,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(r, g, lw=1.8, label=f"NN (carved clusters, gen {gen_idx}), NVT 300 K, "
-                                f"{args.equil_ps:g}–{ran_fs / 1000:.1f} ps")
+                                f"{g_from_ps:g}–{ran_fs / 1000:.2f} ps" + ("" if survived else f" ({res.stop_reason})"))
     ax.plot(r0, g0, lw=0.8, color="0.6", ls=":", label="starting box (jittered grid)")
     ax.plot([EXPERIMENT["r_peak"]], [EXPERIMENT["g_peak"]], "k*", ms=11,
             label="experiment first peak (Skinner 2013)")
@@ -349,12 +361,11 @@ def main() -> None:
                                             "sigma_cal_median": float(np.median(sig)),
                                             "sigma_cal_max": float(sig.max()),
                                             "flagged": int((sig >= trust_hi).sum())},
-              "rdf": {"r": r.tolist(), "g": g.tolist(), "frames": len(frames)},
+              "rdf": {"r": r.tolist(), "g": g.tolist(), "frames": len(frames), "from_ps": g_from_ps},
               "first_peak": {"r": r_peak, "g": g_peak}, "experiment": EXPERIMENT,
               "liquid_clusters": {"n": len(la), "per_generation": liquid}}
     (out / "water_carving_rdf.json").write_text(json.dumps(result, indent=1))
     print(f"figure: {png}")
-    survived = res.stop_reason == "max_steps"
     print(f"RESULT water_oo_first_peak_r_A {r_peak:.3f} (experiment 2.80)")
     print(f"RESULT water_oo_first_peak_g {g_peak:.2f} (experiment 2.57)")
     print(f"RESULT water_nnmd_stable_fs {ran_fs:.0f} of {steps * dt:.0f} ({'survived' if survived else res.stop_reason})")
