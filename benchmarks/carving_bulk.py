@@ -26,6 +26,12 @@ engine's validation reference, an EMT MD of the bulk from the start frame
 `evaluation.reference_md_frames` of its frames are the campaign's test set (bulk force MAE
 of the ensemble mean, per generation, `model_eval`), and the validation step's NN-MD
 walker gives the stability time and the h(r) error against it (`alflow.validation`).
+Those two carry no information on this system: the protocol's collapse rule (pairs bonded
+in the first reference frame, 0.5 Å from their mean length over the reference) already
+flags the reference's own frames of hot Cu with a vacancy (neighbours exchange, the vacancy
+hops), so every walker "collapses" at 0 fs and its h(r) error is that of its start, a
+reference frame (measured: the same value in every generation and strategy of a seed).
+They are printed, not used.
 
 Cost = Σ n_atoms³ over the labels each generation's training set holds, read from the
 database (label -> geometry.natoms; held-out frames excluded): how DFT codes users pay for
@@ -100,7 +106,10 @@ def campaign_spec(name: str, args, seed: int, start: Path) -> dict:
                       "friction_per_fs": 0.02, "steps": args.sample_steps, "walkers": 1,
                       "save_every": max(1, args.sample_steps // 4), "bond_guard": args.bond_guard}],
         # the trust window wide open: what is labelled is decided by the strategy, not σ
-        "selection": {"trust_lo": 0.0, "trust_hi": 100.0, "thresholds": "absolute",
+        # and no fingerprint dedupe: 255-atom frames of one hot MD have sorted-distance
+        # fingerprints within the default 0.01 Å of the training frames, and the whole-frame
+        # campaign stopped at generation 1 with nothing new to label (measured)
+        "selection": {"trust_lo": 0.0, "trust_hi": 100.0, "thresholds": "absolute", "dedupe_tol": 0.0,
                       "max_per_generation": args.k if carving else 1, "strategy": "farthest_point"},
         "stopping": {"max_generations": args.generations},
         "evaluation": {"test_fraction": 0.0, "label_batch_size": 8,
@@ -214,6 +223,8 @@ def main() -> None:
 
 def mean_se(values):
     v = np.asarray(values, float)
+    if np.isnan(v).any():
+        return "nan"
     if not np.isfinite(v).all():
         return f"{np.nanmean(v) if np.isfinite(v).any() else float('inf'):.3g} (some inf)"
     se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
