@@ -219,6 +219,11 @@ class CarvingSpec(Strict):
     # generation 0: periodic starting frames are labelled as clusters carved around this
     # many centre atoms each (spread over the frame; hydrogens are not centres)
     initial_centres: int = Field(16, ge=1)
+    # which atoms of a sampled periodic frame clusters are carved around: "attribution",
+    # the atoms the ensemble blames (A_j, or u_i, ≥ mean + z·std); "random", as many atoms
+    # as attribution flags on that frame, drawn uniformly (heavy atoms) with the sampling
+    # task's seed: the control that says whether attribution beats chance at equal count
+    centres: Literal["attribution", "random"] = "attribution"
 
 
 class SelectionSpec(Strict):

@@ -127,3 +127,33 @@ def test_carving_a_10000_atom_frame_is_bounded_in_time_and_memory():
     # quadratic step (all-pairs distances of 10,368 atoms alone are 0.9 GB) or a leak
     assert cpu_s < 60, cpu_s
     assert peak_mib < 2500, peak_mib
+
+
+def test_random_centres_match_attributions_count_and_are_reproducible_per_seed(frame_and_ensemble):
+    """`carving.centres: random` (the control of the carving benchmark): per periodic frame
+    as many centres as attribution flags, drawn from heavy atoms, the same draw for the
+    same seed and a different one for another seed or another frame."""
+    from alflow.sampling.base import Candidate
+    from alflow.sampling.condensed import carve_candidates, frame_centres
+    from alflow.spec import CarvingSpec
+
+    frame, ens = frame_and_ensemble
+    u = np.random.default_rng(5).gamma(1.0, 1.0, len(frame))  # per-atom u_i, no attribution pass
+    cand = Candidate(atoms=frame, parent=0, relation="md", sigma_f2=1.0, atomic_uncertainty=u)
+    by_attribution = CarvingSpec(enabled=True, use_force_variance=True, z_score=2.0)
+    at_random = by_attribution.model_copy(update={"centres": "random"})
+    flagged = frame_centres(ens, cand, by_attribution, rng_seed=7, position=0)
+    assert flagged == [int(i) for i in uncertain_atoms(u, z=2.0)] and len(flagged) >= 3
+    drawn = frame_centres(ens, cand, at_random, rng_seed=7, position=0)
+    assert len(drawn) == len(set(drawn)) == len(flagged)
+    assert all(frame.numbers[i] > 1 for i in drawn)  # heavy atoms only
+    assert drawn == frame_centres(ens, cand, at_random, rng_seed=7, position=0)
+    assert drawn != frame_centres(ens, cand, at_random, rng_seed=8, position=0)
+    assert drawn != frame_centres(ens, cand, at_random, rng_seed=7, position=1)
+    assert sorted(drawn) != sorted(flagged)  # not the attribution picks in another order
+
+    out = carve_candidates(ens, [cand], at_random, RADIUS, rng_seed=7)
+    assert out[0].carved_into == tuple(range(1, len(out)))
+    assert sorted(c.carved_from.centre for c in out[1:]) == sorted(drawn)
+    again = carve_candidates(ens, [cand], at_random, RADIUS, rng_seed=7)
+    assert [c.atoms.positions.tolist() for c in again[1:]] == [c.atoms.positions.tolist() for c in out[1:]]

@@ -155,7 +155,8 @@ def sample(req: SampleRequest, env: Envelope) -> SamplingResult:
     if req.carving is not None:
         from alflow.sampling.condensed import carve_candidates
 
-        candidates = carve_candidates(ens, candidates, req.carving, req.carving_radius)
+        candidates = carve_candidates(ens, candidates, req.carving, req.carving_radius,
+                                      rng_seed=req.rng_seed)
     return SamplingResult(req.sampler_index, tuple(candidates), tuple(out.walkers), Timing.since(started))
 
 

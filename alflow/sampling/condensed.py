@@ -46,13 +46,31 @@ def initial_clusters(frame: Atoms, carving: CarvingSpec, radius: float, rng_seed
     return carve_clusters(frame, centres, radius, options=carve_options(carving)).clusters
 
 
+def frame_centres(ensemble, cand: Candidate, carving: CarvingSpec, rng_seed: int, position: int) -> list[int]:
+    """The centre atoms of one periodic candidate: its uncertain atoms (A_j ≥ mean + z·std
+    of the gradient attribution, or of u_i with `carving.use_force_variance`); with
+    `carving.centres: random`, as many atoms drawn uniformly instead (`spread_centres`,
+    seeded by (`rng_seed`, `position`): reproducible, and a different draw per frame).
+    The random control still computes the scores, only to count: equal cluster numbers
+    make the comparison one of where the clusters are, not how many."""
+    if carving.use_force_variance:
+        scores = np.asarray(cand.atomic_uncertainty)
+    else:
+        scores = attribute(ensemble, cand.atoms)
+    flagged = [int(i) for i in uncertain_atoms(scores, z=carving.z_score)]
+    if carving.centres == "random" and flagged:
+        seed = int(np.random.SeedSequence([int(rng_seed) % 2**63, position]).generate_state(1)[0])
+        return spread_centres(cand.atoms, len(flagged), seed)
+    return flagged
+
+
 def carve_candidates(ensemble, candidates: Sequence[Candidate], carving: CarvingSpec,
-                     radius: float) -> list[Candidate]:
+                     radius: float, rng_seed: int = 0) -> list[Candidate]:
     """Every candidate, each periodic one followed by the clusters carved around its
-    uncertain atoms (A_j ≥ mean + z·std of the gradient attribution, or of u_i with
-    `carving.use_force_variance`). A carved frame gets `carved_into` (the indices of its
-    clusters in the returned list); a cluster gets `carved_from` and the ensemble's σ_F²,
-    u_i and mean energy, with the frame's σ_F² as its `sigma_f2_initial`."""
+    centre atoms (`frame_centres`: the uncertain ones, or as many random ones). A carved
+    frame gets `carved_into` (the indices of its clusters in the returned list); a cluster
+    gets `carved_from` and the ensemble's σ_F², u_i and mean energy, with the frame's σ_F²
+    as its `sigma_f2_initial`. `rng_seed` only matters for `carving.centres: random`."""
     options = carve_options(carving)
     out: list[Candidate] = []
     for cand in candidates:
@@ -61,11 +79,7 @@ def carve_candidates(ensemble, candidates: Sequence[Candidate], carving: Carving
         out.append(cand)
         if not atoms.pbc.any():
             continue
-        if carving.use_force_variance:
-            scores = np.asarray(cand.atomic_uncertainty)
-        else:
-            scores = attribute(ensemble, atoms)
-        centres = [int(i) for i in uncertain_atoms(scores, z=carving.z_score)]
+        centres = frame_centres(ensemble, cand, carving, rng_seed, position)
         clusters = carve_clusters(atoms, centres, radius, options=options).clusters
         if not clusters:
             out[position] = replace(cand, carved_into=())
