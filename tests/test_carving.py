@@ -315,3 +315,51 @@ def test_metal_contacts_are_not_capped() -> None:
 def test_radius_must_fit_in_the_cell(box: Atoms) -> None:
     with pytest.raises(ValueError, match="half the cell width"):
         carve_cluster(box, 0, box.cell[0, 0] / 2)
+
+
+def _edge_water_with_h_pulled_out(box: Atoms, length: float) -> tuple[Atoms, int]:
+    """The frame with a water near the edge of a 4 Å sphere around atom 0 whose first H is
+    pulled radially outward to `length` Å from its O, so the O is inside and the H outside."""
+    frame = box.copy()
+    d = frame.get_distances(0, range(0, len(frame), 3), mic=True, vector=True)
+    r = np.linalg.norm(d, axis=1)
+    k = int(np.flatnonzero((r > 3.0) & (r < 3.6))[0])
+    h = 3 * k + 1
+    u = d[k] / r[k]
+    frame.positions[h] = frame.positions[0] + d[k] + u * length
+    frame.wrap()
+    return frame, h
+
+
+def test_a_stretched_o_h_stays_bonded_and_the_cluster_is_closed_shell(box: Atoms) -> None:
+    """Adversarial attacks stretch O–H past the bond rule (1.22 Å > 1.164 Å): the H goes
+    with its oxygen, not off on its own leaving an OH radical (seen as SCF failures)."""
+    frame, h = _edge_water_with_h_pulled_out(box, 1.22)
+    assert frame.get_distance(0, h, mic=True) > 4.0  # outside the sphere: kept only as a partner
+    cluster = carve_cluster(frame, 0, 4.0)
+    symbols = cluster.atoms.get_chemical_symbols()
+    assert h in cluster.source_indices
+    assert symbols.count("H") == 2 * symbols.count("O")
+    assert cluster.atoms.info["multiplicity"] == 1
+    # without the rule the same frame gives a radical: the test can tell
+    plain = carve_cluster(frame, 0, 4.0, options=CarveOptions(lone_h_tolerance=None))
+    assert h not in plain.source_indices and plain.atoms.info["multiplicity"] == 2
+
+
+def test_a_dissociated_h_is_not_bonded_to_anything() -> None:
+    """Two waters 3.3 Å apart in a 12 Å box; the outer one's H pulled out to 1.9 Å from its
+    O (beyond 1.5·(r_O + r_H) = 1.46 Å): a dissociated H is not a bond partner."""
+    h2o = molecule("H2O")
+    h2o.positions -= h2o.positions[0]
+    far = h2o.copy()
+    far.positions += [3.3, 0.0, 0.0]
+    far.positions[1] = [3.3 + 1.9, 0.0, 0.0]  # pulled radially away from the first water
+    frame = h2o + far
+    frame.set_cell(np.eye(3) * 12.0)
+    frame.pbc = True
+    frame.positions += 6.0
+    near = carve_cluster(frame, 0, 4.0)
+    assert 4 not in near.source_indices and near.atoms.info["multiplicity"] == 2
+    stretched = frame.copy()
+    stretched.positions[4] = stretched.positions[3] + [1.22, 0.0, 0.0]  # 1.22 Å: still its H
+    assert 4 in carve_cluster(stretched, 0, 4.0).source_indices
