@@ -94,6 +94,30 @@ def test_lean_chunked_attribution_equals_plain_autograd_on_periodic_frame(dtype,
     np.testing.assert_allclose(attribute(ens, box), want, rtol=0, atol=tol * want.max())
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_graphs_above_lean_pairs_are_predicted_through_the_lean_path_with_the_same_result(
+        dtype, tol, monkeypatch):
+    """Large frames take the lean pair path in prediction and MD too (memory, speed): the
+    energies, forces, stress and σ of a periodic water box are the plain path's to round-off."""
+    from ase.io import read
+
+    from alflow.potentials import ensemble as ensemble_module
+    from alflow.potentials import fast_painn
+
+    box = rattled(read(WATER_BOX), 0.02, 0)
+    ens = random_ensemble(seed=211, dtype=dtype)
+    plain = ens.predict([box], stress=True)
+    monkeypatch.setattr(ensemble_module, "LEAN_PAIRS", 1000)  # the 192-atom box is above it now
+    calls = []
+    real = fast_painn._lean_representation
+    monkeypatch.setattr(fast_painn, "_lean_representation", lambda *a: calls.append(1) or real(*a))
+    lean = ens.predict([box], stress=True)
+    assert len(calls) == ens.size  # every member went the lean way
+    for name in ("energy", "energy_std", "sigma_f2", "forces", "atomic_uncertainty", "stress"):
+        want, got = np.asarray(getattr(plain, name)), np.asarray(getattr(lean, name))
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(np.abs(want).max(), 1.0))
+
+
 def test_uncertain_atoms_threshold_rule():
     values = np.array([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 5.0])
     assert uncertain_atoms(values).tolist() == [7]
