@@ -31,6 +31,7 @@ KILLS = {
 }
 
 
+@pytest.mark.parametrize("mode", ["generational", "streaming"])
 def test_three_kills_repeat_no_oracle_call_and_lose_no_label(tmp_path, mode):
     report = run_trial(tmp_path, "chaos_test", KILLS[mode], mode=mode)
     assert [(k.generation, k.step) for k in report.kills][:1] == [(0, "label")]
