@@ -360,6 +360,14 @@ def _int_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def cpu_axis(cpu_h: dict[int, float]) -> tuple[str, dict[int, float]]:
+    """The oracle-cost axis: CPU-hours, or CPU-seconds for a cheap oracle (an xTB campaign's
+    0.0001 h would print as overlapping 0.0000x ticks)."""
+    if max(cpu_h.values(), default=0.0) < 0.1:
+        return "cumulative oracle CPU-seconds", {g: h * 3600.0 for g, h in cpu_h.items()}
+    return "cumulative oracle CPU-hours", cpu_h
+
+
 def _cumulative(data: Data) -> tuple[dict[int, float], dict[int, float], bool, bool]:
     calls: dict[int, float] = {}
     cpu_h: dict[int, float] = {}
@@ -408,7 +416,7 @@ def fig_learning_curves(data: Data) -> Fig | None:
         notes.append("No label is linked to a task of this campaign, so the curves against "
                      "cumulative oracle calls and CPU-hours are not drawn.")
     if has_cpu:
-        xs.append(("cpu", "cumulative oracle CPU-hours", cpu_h))
+        xs.append(("cpu", *cpu_axis(cpu_h)))
     elif has_calls:
         notes.append("No label records its CPU time (label.cpu_s is NULL everywhere), so the "
                      "curves against cumulative CPU-hours are not drawn.")

@@ -356,3 +356,11 @@ def test_carving_campaign_report_shows_cluster_sizes_and_cost_weighted_spend(tmp
     assert table.count("<tr><td>") == len(summary)
     first = summary[min(summary)]
     assert f"{first['cost_carved']:.3g}" in table
+
+
+def test_the_oracle_cost_axis_is_in_seconds_for_a_cheap_oracle_and_hours_otherwise():
+    from alflow.report import cpu_axis
+
+    label, values = cpu_axis({0: 1e-4, 1: 2e-4})
+    assert label == "cumulative oracle CPU-seconds" and values == pytest.approx({0: 0.36, 1: 0.72})
+    assert cpu_axis({0: 0.5, 1: 2.0}) == ("cumulative oracle CPU-hours", {0: 0.5, 1: 2.0})
