@@ -59,7 +59,25 @@ plain path then stays at ~15-17 ms up to 10,368 atoms and the lean one at 9-10 m
 not told apart from load here). The neighbour list is not it (0.07 s of 5184 atoms). A first-order energy+forces pass of one
 member through the lean path was 1.5-2.5x faster and 3-5x smaller too (1536 -> 5184 atoms:
 1.25 -> 5.68 s plain, 0.76 -> 2.24 s lean at 8192 pairs a chunk), so predict and MD would
-gain the same way; they still take the plain path (not switched here).
+gain the same way.
+
+Prediction and MD through the lean path too (graphs above `ensemble.LEAN_PAIRS` = 32,768
+pairs), measured the same day on the same loaded machine, CPU s / peak MiB:
+
+    atoms    predict before -> after      md (2 walkers) before -> after   attribution
+     1536      4.32 /  964 ->  2.92 / 238     14.54 / 2055 -> 10.79 /  429      13.61 /  423
+     3456     12.96 / 1740 ->  5.93 / 426     56.70 / 3431 -> 25.25 /  689      33.07 /  622
+     5184     20.32 / 2577 ->  8.75 / 542     84.32 / 5037 -> 41.38 /  978      51.06 /  920
+     9216            --    -> 19.58 / 874            --    -> 77.42 / 1721      95.05 / 1602
+
+Slopes over 1536..5184 (sizes 1x1x1,2x2x1,2x2x2,3x3x2,3x3x3): before predict 1.28, MD 1.48,
+attribution 1.21; after 0.90, 1.10, 1.09 (`TARGET scaling_exponent_md 1.10 1.15 PASS`,
+`... attribution 1.09 1.15 PASS`). A second run to 9216 atoms (1x1x1,2x2x2,3x3x3,4x4x3; fit
+over 1536, 5184, 9216): MD 1.18 (MISS), attribution 1.14 (PASS); over all its sizes 0.99 and
+1.01. The 5184 -> 9216 step costs 1.94x the time for 1.78x the atoms (local slope 1.15) with
+wall/CPU 3.3 on that row: memory bandwidth shared with the neighbours' jobs, not a quadratic
+step (every op is on (P, ...) or (N, ...) shapes). MD of two 9216-atom walkers now fits in
+1.7 GB (was ~9.6 GB by the plain path's 1.04 MiB/atom).
 """
 
 from __future__ import annotations
