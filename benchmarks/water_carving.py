@@ -37,6 +37,16 @@ held-out cluster force MAE), the NN-MD stability record and the peak figures; wr
 summary lines are `RESULT ...` lines, not TARGET lines.
 
     python benchmarks/water_carving.py [--seed 100] [--md-ps 5]
+
+Measured (seed 100, shared 2-core machine, 2026-12-02; out/water_carving_seed100.log):
+before carving's lone-hydrogen rule (out/*_before_lone_h_fix.*), the attacks' stretched O-H
+(1.22 A) made generation 1's clusters OH radicals (11 of 16 SCF failures), and NN-MD of the box
+stopped on min_distance at 229 fs (O-O peak 3.07 A / 2.10 over those 229 fs). With the rule
+(same seed and settings, --md-ps 1.5 --equil-ps 0.3): 56 of 56 labels ok, 1219 s campaign,
+NN-MD 1500 of 1500 fs (calibrated sigma_F median 0.112, max 0.124 eV/A), O-O first peak
+2.864 A, height 2.45 (experiment 2.80 A, 2.57), no distinct second shell near 4.5 A; force MAE
+on 24 liquid clusters carved from its own NN-MD frames 0.519 / 0.134 / 0.066 eV/A for
+generations 0 / 1 / 2 (each run carves its own liquid clusters: not the same set as before).
 """
 
 from __future__ import annotations
