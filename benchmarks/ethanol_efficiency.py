@@ -60,6 +60,7 @@ def finished_campaign(tmp: Path, name: str) -> str | None:
     results are read, not recomputed); an unfinished one is removed, to run again."""
     db = tmp / f"{name}.db"
     if not db.exists():
+        shutil.rmtree(tmp / name, ignore_errors=True)  # a run that died before its database
         return None
     url = f"sqlite:///{db}"
     with get_engine(url).connect() as c:
